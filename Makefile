@@ -1,0 +1,38 @@
+# Developer entry points. `make test` and `make demo` set up .venv themselves.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_PIN ?= torch==2.13.0
+MODEL ?=
+PYTEST_ARGS ?=
+
+.PHONY: help env test demo docs bench clean
+
+help:
+	@echo "make test   - create $(VENV), install the package with its test extras, run the tests"
+	@echo "make demo   - embed the bundled recordings and print a similarity matrix (MODEL=/path/to/model.pth.tar)"
+	@echo "make docs   - build the Sphinx documentation into doc/_build/html"
+	@echo "make bench  - run the speed and memory benchmarks"
+
+$(VENV)/.installed: setup.py requirements.txt test-requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade "pip>=23"
+	$(PIP) install --quiet $(TORCH_PIN)
+	$(PIP) install --quiet -e ".[test,doc]"
+	touch $@
+
+env: $(VENV)/.installed
+
+test: $(VENV)/.installed
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+docs: $(VENV)/.installed
+	$(PY) -m sphinx -W --keep-going -b html doc doc/_build/html
+	$(PY) -m sphinx -W --keep-going -b doctest doc doc/_build/doctest
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf build dist doc/_build *.egg-info .pytest_cache

@@ -1,0 +1,219 @@
+"""Building blocks shared by the speaker-embedding ResNets (pure PyTorch).
+
+The residual blocks, the layer builder and the statistics-pooling head used by
+:class:`~bob.learn.pytorch.architectures.DltResNet.DltResNet` and
+:class:`~bob.learn.pytorch.architectures.ResNet.ResNet`. Module creation order
+and initialisation follow the original networks exactly, because the random
+initial weights (``test=True``) and the checkpoint key names depend on them.
+"""
+import math
+from typing import Callable, Dict, Optional, Tuple, Type, Union
+
+import torch
+from torch import nn
+
+__all__ = [
+    "conv3x3",
+    "BasicBlock",
+    "Bottleneck",
+    "make_layer",
+    "statistics_pooling",
+    "l2_normalize",
+    "initialize_weights",
+    "SpeakerEmbeddingNet",
+    "FORWARD_MODES",
+]
+
+#: The forward types (``net_type``) understood by the embedding networks.
+FORWARD_MODES = ("prefc", "cls", "cls2", "cls3", "emb", "emb2")
+
+
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    """3x3 convolution with padding 1 and no bias."""
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a residual connection (expansion 1).
+
+    Parameters
+    ----------
+    inplanes : int
+        Number of input channels.
+    planes : int
+        Number of output channels.
+    stride : int
+        Stride of the first convolution.
+    downsample : torch.nn.Module, optional
+        Projection applied to the residual when the shape changes.
+    """
+
+    expansion = 1
+
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None
+    ) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += residual
+        return self.relu(out)
+
+
+class Bottleneck(nn.Module):
+    """1x1 → 3x3 → 1x1 convolutions with a residual connection (expansion 4).
+
+    Parameters are those of :class:`BasicBlock`.
+    """
+
+    expansion = 4
+
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, kernel_size=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        out += residual
+        return self.relu(out)
+
+
+Block = Union[Type[BasicBlock], Type[Bottleneck]]
+
+
+def make_layer(
+    block: Block, planes: int, blocks: int, stride: int = 1, inplanes: int = 64
+) -> Tuple[nn.Sequential, int]:
+    """Stack ``blocks`` residual blocks; return the stage and its output channels.
+
+    The projection of the first block is created before the block itself, as
+    in the original, so that random initialisation draws in the same order.
+    """
+    downsample = None
+    if stride != 1 or inplanes != planes * block.expansion:
+        downsample = nn.Sequential(
+            nn.Conv2d(inplanes, planes * block.expansion, kernel_size=1, stride=stride, bias=False),
+            nn.BatchNorm2d(planes * block.expansion),
+        )
+    layers = [block(inplanes, planes, stride, downsample)]
+    inplanes = planes * block.expansion
+    layers.extend(block(inplanes, planes) for _ in range(1, blocks))
+    return nn.Sequential(*layers), inplanes
+
+
+def statistics_pooling(x: torch.Tensor) -> torch.Tensor:
+    """Pool ``(N, C, T, 1)`` feature maps over time into ``(N, 2C)`` [mean, std].
+
+    The standard deviation is the unbiased one (Bessel's correction), as in the
+    original; a single time step therefore gives NaN.
+    """
+    std = torch.std(x, 2)
+    mean = torch.mean(x, 2)
+    return torch.cat((mean, std), 1).reshape(x.size(0), -1)
+
+
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    """Divide each row by its Euclidean norm (no epsilon, as the original)."""
+    return x / torch.norm(x, 2, 1, keepdim=True)
+
+
+def initialize_weights(module: nn.Module) -> None:
+    """Redraw convolutions as N(0, 2/(kh*kw*out)) and reset BatchNorms to (1, 0)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            with torch.no_grad():
+                m.weight.normal_(0, math.sqrt(2.0 / fan_out))
+        elif isinstance(m, nn.BatchNorm2d):
+            with torch.no_grad():
+                m.weight.fill_(1)
+                m.bias.zero_()
+
+
+class SpeakerEmbeddingNet(nn.Module):
+    """Shared trunk, pooling and forward-type dispatch of the two networks.
+
+    Subclasses create their modules in ``__init__`` (the order matters) and
+    define :meth:`forward_stem`; this class provides everything after it.
+    ``net_type`` selects what :meth:`forward` returns, see :data:`FORWARD_MODES`.
+    """
+
+    net_type: str
+
+    def _set_net_type(self, tp: str) -> None:
+        if tp not in FORWARD_MODES:
+            raise ValueError(f"unknown forward type {tp!r}; choose one of {', '.join(FORWARD_MODES)}")
+        self.net_type = tp
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """Frame-level features ``(N, 512, T5, 1)`` of input ``(N, 1, T, F)``, before pooling.
+
+        Every output step depends only on a bounded window of input frames.
+        """
+        x = self.forward_stem(x)
+        x = self.layer3(self.layer2(self.layer1(x)))
+        x = self.relu(self.bn4(self.conv4(x)))
+        return self.relu(self.bn5(self.conv5(x)))
+
+    def forward_cnn(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``(N, 1024)`` pooled [mean, unbiased std] vector (``prefc``)."""
+        return statistics_pooling(self.forward_frames(x))
+
+    def forward_cls(self, x: torch.Tensor) -> torch.Tensor:
+        """Speaker logits straight from the pooled vector."""
+        return self.fc(self.forward_cnn(x))
+
+    def forward_cls2(self, x: torch.Tensor) -> torch.Tensor:
+        """Speaker logits through dropout → embedding layer → dropout."""
+        return self.fc1(self.drp(self.em(self.drp(self.forward_cnn(x)))))
+
+    def forward_emb(self, x: torch.Tensor) -> torch.Tensor:
+        """L2-normalised output of the embedding layer ``em``."""
+        return l2_normalize(self.em(self.forward_cnn(x)))
+
+    def _dispatch(self) -> Dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        return {
+            "prefc": self.forward_cnn,
+            "cls": self.forward_cls,
+            "cls2": self.forward_cls2,
+            "cls3": self.forward_cls3,
+            "emb": self.forward_emb,
+            "emb2": self.forward_emb2,
+        }
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the forward type selected by ``net_type``."""
+        try:
+            method = self._dispatch()[self.net_type]
+        except KeyError:
+            raise ValueError(
+                f"unknown forward type {self.net_type!r}; choose one of {', '.join(FORWARD_MODES)}"
+            ) from None
+        return method(x)
+

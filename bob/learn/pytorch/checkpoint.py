@@ -1,0 +1,167 @@
+"""Reading model files safely and loading them strictly.
+
+``torch.load`` runs with ``weights_only=True``: tensors, containers and plain
+Python values only. The numpy scalars and dtypes that old training scripts
+stored beside the weights (e.g. a ``numpy.float64`` accuracy) are allowed for
+that one call; anything else that would need full unpickling is refused,
+unless the caller explicitly trusts the file.
+"""
+import os
+import pickle
+import re
+from collections import OrderedDict
+from typing import Any, Dict, List, Mapping, Tuple, Union
+
+import numpy
+import torch
+
+from .errors import CheckpointError, UnsafeCheckpointError
+
+__all__ = ["read_checkpoint", "clean_state_dict", "load_state_dict_strictly", "NUMPY_SAFE_GLOBALS"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _numpy_safe_globals() -> List[Any]:
+    """numpy's scalar reconstructor and dtype classes, under both numpy 1 and numpy 2 names."""
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # pragma: no cover - numpy < 1.26
+        from numpy.core.multiarray import scalar
+    allowed: List[Any] = [
+        (scalar, "numpy.core.multiarray.scalar"),
+        (scalar, "numpy._core.multiarray.scalar"),
+        numpy.dtype,
+    ]
+    dtypes = getattr(numpy, "dtypes", None)
+    if dtypes is not None:
+        allowed.extend(
+            getattr(dtypes, name) for name in dir(dtypes) if name.endswith("DType") and name != "StringDType"
+        )
+    return allowed
+
+
+#: Globals allowed while reading a checkpoint: numpy scalars and dtypes only.
+NUMPY_SAFE_GLOBALS = _numpy_safe_globals()
+
+_UNSUPPORTED_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|Unsupported class) ([\w.]+)")
+
+
+def _refuse_unsafe(path: PathLike, error: pickle.UnpicklingError) -> UnsafeCheckpointError:
+    found = _UNSUPPORTED_GLOBAL.search(str(error))
+    offending = found.group(1) if found else "an object that is not a tensor"
+    return UnsafeCheckpointError(
+        f"refusing to load {os.fspath(path)}: it contains {offending}, which only full unpickling can "
+        "rebuild, and unpickling can run arbitrary code. If you trust this file, pass "
+        "trust_checkpoint=True to the extractor; otherwise obtain a clean checkpoint."
+    )
+
+
+def read_checkpoint(path: PathLike, map_location: Any = "cpu", trust: bool = False) -> Any:
+    """Read a model file with ``weights_only`` semantics and return what it holds.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``.pth`` / ``.pth.tar`` file written by ``torch.save`` (zip or legacy format).
+    map_location : str or torch.device
+        Where tensors are placed.
+    trust : bool
+        Unpickle arbitrary objects. Only for files from a source you trust.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    UnsafeCheckpointError
+        If the file needs full unpickling and ``trust`` is False.
+    CheckpointError
+        If the file is empty, truncated or not a PyTorch checkpoint.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model file {os.fspath(path)} does not exist")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"model file {os.fspath(path)} is empty (0 bytes); delete it and download it again")
+    try:
+        if trust:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(NUMPY_SAFE_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" in str(error) and re.search(r"Unsupported|not an allowed global", str(error)):
+            raise _refuse_unsafe(path, error) from None
+        raise CheckpointError(f"{os.fspath(path)} is not a readable PyTorch checkpoint: {_first_line(error)}") from error
+    except (RuntimeError, EOFError, ValueError, OSError, KeyError, TypeError, AttributeError) as error:
+        raise CheckpointError(
+            f"{os.fspath(path)} is not a readable PyTorch checkpoint (truncated or another kind of file?): "
+            f"{_first_line(error)}"
+        ) from error
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def clean_state_dict(content: Any, source: str = "checkpoint") -> "OrderedDict[str, torch.Tensor]":
+    """Unwrap ``{'state_dict': ...}`` and strip DataParallel's ``module.`` prefix.
+
+    >>> import torch
+    >>> list(clean_state_dict({"state_dict": {"module.fc.bias": torch.zeros(1)}, "epoch": 3}))
+    ['fc.bias']
+    """
+    state = content.get("state_dict", content) if isinstance(content, Mapping) else content
+    if not isinstance(state, Mapping) or not state:
+        raise CheckpointError(
+            f"{source} holds no state dict (found {type(content).__name__}); expected a dict of tensors "
+            "or a dict with a 'state_dict' entry"
+        )
+    cleaned: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"{source} is not a state dict: entry {key!r} holds {type(value).__name__}, not a tensor"
+            )
+        cleaned[key[len("module."):] if key.startswith("module.") else key] = value
+    return cleaned
+
+
+def _shape_mismatches(expected: Dict[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> List[str]:
+    return [
+        f"{key} (file {tuple(state[key].shape)}, network {tuple(value.shape)})"
+        for key, value in expected.items()
+        if key in state and state[key].shape != value.shape
+    ]
+
+
+def _listing(names: List[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", … ({len(names)} in all)" if len(names) > limit else "")
+
+
+def load_state_dict_strictly(
+    network: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint", hint: str = ""
+) -> None:
+    """Copy ``state`` into ``network``, refusing any missing, unexpected or misshapen key.
+
+    Raises
+    ------
+    CheckpointError
+        Naming the file, the missing keys, the unexpected keys and the shape
+        mismatches, followed by ``hint``.
+    """
+    expected = network.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    misshapen = _shape_mismatches(expected, state)
+    if missing or unexpected or misshapen:
+        problems: List[Tuple[str, List[str]]] = [
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", misshapen),
+        ]
+        details = "; ".join(f"{label}: {_listing(names)}" for label, names in problems if names)
+        raise CheckpointError(
+            f"{source} does not fit {type(network).__name__}: {details}.{(' ' + hint) if hint else ''}"
+        )
+    network.load_state_dict(state, strict=True)

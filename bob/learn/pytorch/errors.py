@@ -1,0 +1,15 @@
+"""Exceptions raised by bob.learn.pytorch."""
+
+__all__ = ["CheckpointError", "UnsafeCheckpointError", "ModelDownloadError"]
+
+
+class CheckpointError(RuntimeError):
+    """A model file cannot be read or does not fit the network it is loaded into."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A model file needs full unpickling, which could run arbitrary code."""
+
+
+class ModelDownloadError(RuntimeError):
+    """A pretrained model could not be downloaded or failed validation."""

@@ -1,0 +1,70 @@
+"""Embedding files: one float64 HDF5 dataset ``feats``, written atomically."""
+import os
+import tempfile
+from typing import Any, Union
+
+import h5py
+import numpy
+
+__all__ = ["write_embedding", "read_embedding", "DATASET"]
+
+#: Name of the dataset holding the embedding, as in the original package.
+DATASET = "feats"
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def write_embedding(data: Any, path: PathLike) -> None:
+    """Write ``data`` as float64 dataset ``feats`` of a new HDF5 file at ``path``.
+
+    The file is written beside the target under a temporary name and renamed
+    into place, so a failure leaves any previous file intact and nothing half
+    written. Missing parent folders are created.
+
+    Raises
+    ------
+    PermissionError, OSError
+        If the folder cannot be created or written, naming the path.
+    """
+    path = os.fspath(path)
+    array = numpy.asarray(data, dtype=numpy.float64)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=folder)
+    except OSError as error:
+        raise type(error)(error.errno, f"cannot write embeddings to {path}: {error.strerror}", folder) from None
+    os.close(handle)
+    try:
+        with h5py.File(temporary, "w") as hdf5:
+            hdf5.create_dataset(DATASET, data=array)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def read_embedding(path: PathLike) -> numpy.ndarray:
+    """Return dataset ``feats`` of the HDF5 file at ``path`` as stored (float64).
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no such file.
+    OSError
+        If the file is not HDF5.
+    ValueError
+        If it has no ``feats`` dataset.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no embedding file {path}")
+    try:
+        hdf5 = h5py.File(path, "r")
+    except OSError as error:
+        raise OSError(f"{path} is not an HDF5 file ({error})") from None
+    with hdf5:
+        dataset = hdf5.get(DATASET)
+        if not isinstance(dataset, h5py.Dataset):
+            raise ValueError(f"{path} has no dataset '{DATASET}'; it was not written by write_data")
+        return dataset[()]

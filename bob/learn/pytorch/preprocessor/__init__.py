@@ -1,0 +1,1 @@
+"""Preprocessors of bob.learn.pytorch."""

@@ -1,0 +1,190 @@
+"""From a spectrogram to embeddings: chunking, per-chunk standardisation, batched forward.
+
+This reproduces ``extract_embeddings`` of the original extractor, with one
+deliberate change: chunks too short for the network (fewer than
+:data:`MIN_FRAMES` frames), for which the original returned NaN rows, are
+dropped, and a spectrogram too short for any chunk raises ``ValueError``.
+"""
+import numbers
+from typing import Any, Callable, Iterator, List, Sequence, Tuple
+
+import numpy
+import torch
+
+__all__ = [
+    "MIN_FRAMES",
+    "FREQUENCY_BINS",
+    "CHUNK_EPSILON",
+    "plan_chunks",
+    "plan_batches",
+    "standardize",
+    "check_specs",
+    "embed_spectrogram",
+]
+
+#: Fewest frames the networks turn into a finite embedding (the pooled
+#: standard deviation needs two time steps after the five halvings).
+MIN_FRAMES = 37
+#: Frequency bins of the extractors' spectrogram (512-point FFT).
+FREQUENCY_BINS = 257
+#: Accepted numbers of frequency bins: those that leave a width of 1 after conv5.
+FREQUENCY_BIN_RANGE = (257, 272)
+#: Added to the per-column standard deviation when standardising a chunk.
+CHUNK_EPSILON = 1e-7
+
+Chunk = Tuple[int, int]
+
+
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, (bool, numpy.bool_)) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def plan_chunks(n_frames: int, L: int, min_length: int = 30) -> List[Chunk]:
+    """The ``[start, stop)`` frame ranges the original cuts a spectrogram into.
+
+    ``L == 0`` (or ``L > n_frames``) means one chunk. Otherwise there are
+    ``n_frames // L`` chunks of ``L`` frames, plus one shorter trailing chunk
+    when more than ``min_length`` frames remain; a remainder of ``min_length``
+    frames or fewer is dropped.
+
+    >>> plan_chunks(512, 250)
+    [(0, 250), (250, 500)]
+    >>> plan_chunks(300, 100)
+    [(0, 100), (100, 200), (200, 300)]
+    >>> plan_chunks(340, 100)
+    [(0, 100), (100, 200), (200, 300), (300, 340)]
+    """
+    if n_frames <= 0:
+        raise ValueError("the spectrogram has no frames")
+    if L == 0 or L > n_frames:
+        L = n_frames
+    count = n_frames // L + (1 if n_frames % L > min_length else 0)
+    return [(i * L, min((i + 1) * L, n_frames)) for i in range(count)]
+
+
+def plan_batches(n_chunks: int, batch_size: int) -> List[List[int]]:
+    """Group chunk indices into forward batches exactly as the original did.
+
+    A batch is closed when it holds ``batch_size`` chunks, at the
+    second-to-last chunk and at the last one, so the trailing (possibly
+    shorter) chunk always runs alone. The grouping changes eval-mode results
+    only by rounding, but matters for a network in train mode.
+
+    >>> plan_batches(5, 2)
+    [[0, 1], [2, 3], [4]]
+    >>> plan_batches(4, 3)
+    [[0, 1, 2], [3]]
+    """
+    batches, current = [], []
+    for i in range(n_chunks):
+        current.append(i)
+        if len(current) == batch_size or i >= n_chunks - 2:
+            batches.append(current)
+            current = []
+    return batches
+
+
+def standardize(chunk: numpy.ndarray) -> numpy.ndarray:
+    """Standardise each frequency column: ``(x - mean) / (population std + 1e-7)``.
+
+    Runs in the chunk's own dtype, as the original.
+    """
+    return (chunk - chunk.mean(axis=0)) / (chunk.std(axis=0) + CHUNK_EPSILON)
+
+
+def check_specs(specs: Any) -> numpy.ndarray:
+    """Return ``specs`` as a 2-D float array ``(T, F)`` or raise ``ValueError``.
+
+    float32 input stays float32 (the original's own test standardised in
+    float32); everything else becomes float64.
+    """
+    array = numpy.asarray(specs)
+    if array.dtype.kind not in "iuf":
+        raise ValueError(f"specs must be a numeric (T, F) array, got dtype {array.dtype}")
+    if array.ndim != 2:
+        raise ValueError(f"specs must be a 2-D (frames, frequency bins) array, got shape {array.shape}")
+    low, high = FREQUENCY_BIN_RANGE
+    if not low <= array.shape[1] <= high:
+        raise ValueError(
+            f"specs has {array.shape[1]} frequency bins; the networks need {FREQUENCY_BINS} "
+            f"(a 512-point FFT: 25 ms windows at 16 kHz), or at most {high}"
+        )
+    if array.shape[0] == 0:
+        raise ValueError("specs has no frames")
+    if not numpy.all(numpy.isfinite(array)):
+        raise ValueError("specs contains NaN or infinite values")
+    if array.dtype != numpy.float32:
+        array = array.astype(numpy.float64)
+    return array
+
+
+def _usable(chunks: Sequence[Chunk]) -> List[bool]:
+    return [stop - start >= MIN_FRAMES for start, stop in chunks]
+
+
+def iter_batches(
+    specs: numpy.ndarray, L: int, batch_size: int, min_length: int
+) -> Iterator[numpy.ndarray]:
+    """Yield the standardised float32 batches ``(B, 1, L, F)`` of the usable chunks."""
+    chunks = plan_chunks(len(specs), L, min_length)
+    usable = _usable(chunks)
+    if not any(usable):
+        raise ValueError(
+            f"no chunk of the {len(specs)}-frame spectrogram has the {MIN_FRAMES} frames the network needs "
+            f"(L={L}); use longer audio (at least {MIN_FRAMES} frames, about "
+            f"{(400 + (MIN_FRAMES - 1) * 160) / 16000:.3f} s at 16 kHz) or L=0 or L >= {MIN_FRAMES}"
+        )
+    for batch in plan_batches(len(chunks), batch_size):
+        members = [i for i in batch if usable[i]]
+        if members:
+            stacked = numpy.stack([standardize(specs[slice(*chunks[i])]) for i in members])
+            yield stacked.astype(numpy.float32, copy=False)[:, None]
+
+
+def embed_spectrogram(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    specs: Any,
+    L: int = 0,
+    batch_size: int = 1,
+    min_length: int = 30,
+    device: Any = "cpu",
+) -> numpy.ndarray:
+    """Embed a spectrogram chunk by chunk.
+
+    Parameters
+    ----------
+    forward : callable
+        Maps a float32 tensor ``(B, 1, L, F)`` to ``(B, D)`` embeddings
+        (a network in ``"emb"`` mode).
+    specs : array_like
+        ``(T, F)`` spectrogram.
+    L : int
+        Chunk length in frames; 0 for one chunk over the whole spectrogram.
+    batch_size : int
+        Chunks per forward pass.
+    min_length : int
+        A trailing remainder of at most this many frames is dropped.
+    device : str or torch.device
+        Where the input tensors are sent.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(n_chunks, D)``, one row per usable chunk.
+    """
+    specs = check_specs(specs)
+    L = _check_count("L", L)
+    min_length = _check_count("min_length", min_length)
+    batch_size = _check_count("batch_size", batch_size)
+    if batch_size == 0:
+        raise ValueError("batch_size must be at least 1")
+    rows = []
+    with torch.inference_mode():
+        for batch in iter_batches(specs, L, batch_size, min_length):
+            tensor = torch.from_numpy(batch).to(device, non_blocking=True)
+            rows.append(forward(tensor).float().cpu().numpy())
+    return numpy.vstack(rows)

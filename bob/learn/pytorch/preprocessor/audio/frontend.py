@@ -1,0 +1,213 @@
+"""Audio front end of the extractors: input checks, scaling, resampling, spectrogram.
+
+Everything here runs in float64 NumPy and reproduces the original pipeline
+(``bob.ap.Spectrogram`` in C++ plus ``scipy.signal.resample``) to within
+floating-point rounding.
+"""
+import numbers
+from collections.abc import Mapping
+from typing import Any, Tuple
+
+import numpy
+import scipy.signal
+
+__all__ = [
+    "TARGET_RATE",
+    "INT16_SCALE",
+    "as_mono_signal",
+    "check_rate",
+    "prepare_signal",
+    "frame_geometry",
+    "spectrogram",
+]
+
+#: Sampling rate the networks were trained at; other rates are resampled to it.
+TARGET_RATE = 16000
+#: Factor applied to signals whose peak is below 1 (float audio in [-1, 1)).
+INT16_SCALE = 2.0**15
+#: Frames of spectrogram computed at once, to bound temporary memory.
+_FRAMES_PER_BLOCK = 8192
+
+
+def check_rate(rate: Any) -> int:
+    """Return ``rate`` as an int, or raise ``ValueError`` if it is not a positive whole number of Hz."""
+    if isinstance(rate, (bool, numpy.bool_)) or not isinstance(rate, numbers.Real):
+        raise ValueError(f"sampling rate must be a positive number of Hz, got {rate!r} ({type(rate).__name__})")
+    if not numpy.isfinite(rate) or rate <= 0:
+        raise ValueError(f"sampling rate must be a positive number of Hz, got {rate!r}")
+    if rate != int(rate):
+        raise ValueError(f"sampling rate must be a whole number of Hz, got {rate!r}")
+    return int(rate)
+
+
+def as_mono_signal(samples: Any) -> numpy.ndarray:
+    """Return ``samples`` as a 1-D float64 array, or raise a clear error.
+
+    Accepts integer or floating-point arrays (and lists of numbers) of shape
+    ``(N,)``, ``(N, 1)`` or ``(1, N)``. Rejects other dtypes with ``TypeError``
+    and multi-channel, empty or non-finite signals with ``ValueError``.
+    """
+    array = numpy.asarray(samples)
+    if array.dtype.kind not in "iuf":
+        raise TypeError(
+            f"audio samples must be integers or floats, got dtype {array.dtype}; "
+            "pass a numeric array such as the int16 samples of scipy.io.wavfile.read"
+        )
+    if array.ndim == 2 and 1 in array.shape:
+        array = array.reshape(-1)
+    if array.ndim != 1:
+        raise ValueError(
+            f"audio must be mono, with shape (N,), (N, 1) or (1, N); got shape {array.shape}. "
+            "Mix the channels down first, e.g. samples.mean(axis=1) for a (N, channels) array"
+        )
+    if array.size == 0:
+        raise ValueError("audio is empty (0 samples)")
+    signal = array.astype(numpy.float64)
+    if not numpy.all(numpy.isfinite(signal)):
+        bad = int(numpy.count_nonzero(~numpy.isfinite(signal)))
+        raise ValueError(f"audio contains {bad} NaN or infinite sample(s); clean the signal first")
+    return signal
+
+
+def prepare_signal(audio: Any) -> numpy.ndarray:
+    """Turn a ``(rate, samples)`` pair into the float64 16 kHz signal the spectrogram takes.
+
+    As the original: a signal whose peak magnitude is strictly below 1 is
+    multiplied by 2**15 (float audio in [-1, 1) to the int16 range), then any
+    other rate is resampled to 16 kHz with the FFT method of
+    :func:`scipy.signal.resample`, the new length being
+    ``round(N * 16000 / rate)`` (halves to even).
+
+    Parameters
+    ----------
+    audio : tuple
+        ``(rate, samples)``, as returned by :func:`scipy.io.wavfile.read`.
+
+    Returns
+    -------
+    numpy.ndarray
+        1-D float64 signal at 16 kHz.
+    """
+    if isinstance(audio, (str, bytes, Mapping)) or not hasattr(audio, "__getitem__") or not hasattr(audio, "__len__"):
+        raise TypeError(f"audio must be a (rate, samples) pair, got {type(audio).__name__}")
+    if len(audio) != 2:
+        raise TypeError(f"audio must be a (rate, samples) pair, got a sequence of length {len(audio)}")
+    rate = check_rate(audio[0])
+    signal = as_mono_signal(audio[1])
+    if numpy.max(numpy.abs(signal)) < 1:
+        signal *= INT16_SCALE
+    if rate != TARGET_RATE:
+        length = round(len(signal) * TARGET_RATE / rate)
+        if length < 1:
+            raise ValueError(f"audio of {len(signal)} samples at {rate} Hz is empty once resampled to 16 kHz")
+        signal = scipy.signal.resample(signal, length)
+    return signal
+
+
+def frame_geometry(rate: int, win_length_ms: float = 25.0, win_shift_ms: float = 10.0) -> Tuple[int, int, int]:
+    """Window length, window shift and FFT size in samples, as bob.ap derives them.
+
+    >>> frame_geometry(16000)
+    (400, 160, 512)
+    """
+    win_length = int(rate * win_length_ms / 1000)
+    win_shift = int(rate * win_shift_ms / 1000)
+    if win_length < 1 or win_shift < 1:
+        raise ValueError(
+            f"window of {win_length_ms} ms shifted by {win_shift_ms} ms is shorter than one sample at {rate} Hz"
+        )
+    fft_size = 1 << (win_length - 1).bit_length()
+    return win_length, win_shift, fft_size
+
+
+def spectrogram(
+    data: Any,
+    rate: int,
+    win_length_ms: float = 25.0,
+    win_shift_ms: float = 10.0,
+    pre_emphasis_coeff: float = 0.97,
+    normalize_mean: bool = True,
+) -> numpy.ndarray:
+    """Magnitude spectrogram, exactly as ``bob.ap.Spectrogram`` computes it for the extractors.
+
+    Each frame of ``win_length`` samples (every ``win_shift`` samples) has its
+    mean removed (sum divided by the FFT size, not the window length), is
+    pre-emphasised with the previous frame's mean-removed sample at index
+    ``win_shift - 1`` carried over, Hamming-windowed, zero-padded to the next
+    power of two and transformed; the output is ``|X[k]|`` for the
+    ``fft_size // 2 + 1`` non-negative frequencies. No filterbank, no log.
+
+    Parameters
+    ----------
+    data : array_like
+        1-D signal (converted to float64).
+    rate : int
+        Sampling rate in Hz; the window sizes in samples derive from it.
+    win_length_ms, win_shift_ms : float
+        Window length and shift in milliseconds.
+    pre_emphasis_coeff : float
+        Pre-emphasis coefficient; 0 disables it.
+    normalize_mean : bool
+        Remove each frame's mean (True, the extractors' setting); when False
+        the frame is instead divided by ``2**(rate/1000)/2 - 0.5`` as bob.ap does.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 array of shape ``(T, fft_size // 2 + 1)`` with
+        ``T = 1 + (N - win_length) // win_shift``.
+
+    Raises
+    ------
+    ValueError
+        If the signal is shorter than one window.
+
+    Examples
+    --------
+    >>> import numpy
+    >>> from bob.learn.pytorch.preprocessor.audio import spectrogram
+    >>> spectrogram(numpy.random.RandomState(0).randn(16000), 16000).shape
+    (98, 257)
+    """
+    signal = numpy.asarray(data, dtype=numpy.float64)
+    if signal.ndim != 1:
+        raise ValueError(f"spectrogram needs a 1-D signal, got shape {signal.shape}")
+    rate = check_rate(rate)
+    win_length, win_shift, fft_size = frame_geometry(rate, win_length_ms, win_shift_ms)
+    if len(signal) < win_length:
+        raise ValueError(
+            f"signal of {len(signal)} samples is shorter than one window of {win_length} samples "
+            f"({win_length_ms} ms at {rate} Hz)"
+        )
+    n_frames = 1 + (len(signal) - win_length) // win_shift
+    frames = numpy.lib.stride_tricks.sliding_window_view(signal, win_length)[::win_shift][:n_frames]
+    window = numpy.hamming(win_length)
+    output = numpy.empty((n_frames, fft_size // 2 + 1), dtype=numpy.float64)
+    carried = 0.0
+    for start in range(0, n_frames, _FRAMES_PER_BLOCK):
+        block = frames[start : start + _FRAMES_PER_BLOCK]
+        if normalize_mean:
+            block = block - block.sum(axis=1, keepdims=True) / fft_size
+        else:
+            block = block / (2.0 ** (rate / 1000.0) / 2.0 - 0.5)
+        if pre_emphasis_coeff != 0:
+            carried, block = _pre_emphasise(block, pre_emphasis_coeff, carried, win_shift)
+        output[start : start + len(block)] = numpy.abs(numpy.fft.rfft(block * window, n=fft_size, axis=1))
+    return output
+
+
+def _pre_emphasise(frames: numpy.ndarray, coeff: float, carried: float, win_shift: int) -> Tuple[float, numpy.ndarray]:
+    """Pre-emphasise each frame; its first sample uses the previous frame's sample ``win_shift - 1``.
+
+    Returns the sample to carry into the next block and the emphasised frames.
+    """
+    win_length = frames.shape[1]
+    padded = numpy.zeros((frames.shape[0], max(win_length, win_shift)), dtype=numpy.float64)
+    padded[:, :win_length] = frames
+    previous = numpy.empty(frames.shape[0], dtype=numpy.float64)
+    previous[0] = carried
+    previous[1:] = padded[:-1, win_shift - 1]
+    emphasised = numpy.empty_like(frames)
+    emphasised[:, 1:] = frames[:, 1:] - coeff * frames[:, :-1]
+    emphasised[:, 0] = frames[:, 0] - coeff * previous
+    return float(padded[-1, win_shift - 1]), emphasised

@@ -1,0 +1,87 @@
+"""Shared fixtures: golden data from ../shared, reference checkpoints, isolated user settings."""
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy
+import pytest
+
+REPO = Path(__file__).resolve().parents[4]
+SHARED = Path(os.environ.get("BOB_LEARN_PYTORCH_SHARED", REPO.parent / "shared"))
+FIXTURES = SHARED / "fixtures"
+PUBLIC = FIXTURES / "public"
+SPEECH = Path(__file__).resolve().parents[1] / "data" / "speech"
+
+
+def _make_checkpoint_module():
+    path = FIXTURES / "make_checkpoint.py"
+    if not path.is_file():
+        pytest.fail(f"golden fixtures not found at {FIXTURES}; set BOB_LEARN_PYTORCH_SHARED to the shared folder")
+    spec = importlib.util.spec_from_file_location("make_checkpoint", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """``checkpoint(net, variant="original")``: path of a reference checkpoint, built once per session."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    builder = _make_checkpoint_module()
+    cache = {}
+
+    def build(net: str, variant: str = "original") -> Path:
+        if (net, variant) not in cache:
+            path = folder / f"{net}_{variant}.pth.tar"
+            builder.save_checkpoint(net, str(path), variant)
+            cache[net, variant] = path
+        return cache[net, variant]
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def drn_file(checkpoint):
+    return checkpoint("drn34")
+
+
+@pytest.fixture(scope="session")
+def rn_file(checkpoint):
+    return checkpoint("rn34", "numpy_scalar")
+
+
+@pytest.fixture(scope="session")
+def drn_extractor(drn_file):
+    from bob.learn.pytorch.preprocessor.audio import DltResNetExtractor
+
+    return DltResNetExtractor(str(drn_file))
+
+
+@pytest.fixture(scope="session")
+def rn_extractor(rn_file):
+    from bob.learn.pytorch.preprocessor.audio import ResNetExtractor
+
+    return ResNetExtractor(str(rn_file))
+
+
+@pytest.fixture(scope="session")
+def extractors(drn_extractor, rn_extractor):
+    """``{"drn": DltResNetExtractor, "rn": ResNetExtractor}``, keyed as in the fixture files."""
+    return {"drn": drn_extractor, "rn": rn_extractor}
+
+
+def load_fixture(name: str):
+    """Arrays of ``../shared/fixtures/public/<name>.npz``."""
+    with numpy.load(PUBLIC / f"{name}.npz") as data:
+        return {key: data[key] for key in data.files}
+
+
+@pytest.fixture(autouse=True)
+def isolated_settings(tmp_path, monkeypatch):
+    """Never read or write the real user settings: HOME, XDG_CONFIG_HOME and BOBRC point to tmp_path."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("BOBRC", str(home / ".bobrc"))
+    return home
