@@ -44,7 +44,7 @@ def _numpy_safe_globals() -> List[Any]:
 #: Globals allowed while reading a checkpoint: numpy scalars and dtypes only.
 NUMPY_SAFE_GLOBALS = _numpy_safe_globals()
 
-_UNSUPPORTED_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|Unsupported class) ([\w.]+)")
+_UNSUPPORTED_GLOBAL = re.compile(r"unsupported (?:global: )?(?:GLOBAL|class) ([\w.]+)", re.IGNORECASE)
 
 
 def _refuse_unsafe(path: PathLike, error: pickle.UnpicklingError) -> UnsafeCheckpointError:
@@ -88,7 +88,7 @@ def read_checkpoint(path: PathLike, map_location: Any = "cpu", trust: bool = Fal
         with torch.serialization.safe_globals(NUMPY_SAFE_GLOBALS):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        if "Weights only load failed" in str(error) and re.search(r"Unsupported|not an allowed global", str(error)):
+        if "Weights only load failed" in str(error) and _UNSUPPORTED_GLOBAL.search(str(error)):
             raise _refuse_unsafe(path, error) from None
         raise CheckpointError(f"{os.fspath(path)} is not a readable PyTorch checkpoint: {_first_line(error)}") from error
     except (RuntimeError, EOFError, ValueError, OSError, KeyError, TypeError, AttributeError) as error:
