@@ -25,6 +25,10 @@ __all__ = [
 TARGET_RATE = 16000
 #: Factor applied to signals whose peak is below 1 (float audio in [-1, 1)).
 INT16_SCALE = 2.0**15
+#: Sampling rates accepted, in Hz (resampling from outside this range is not audio processing).
+RATE_RANGE = (1000, 768000)
+#: Largest sample magnitude accepted: beyond it the spectrogram's variance overflows float64.
+MAX_MAGNITUDE = 1e100
 #: Frames of spectrogram computed at once, to bound temporary memory.
 _FRAMES_PER_BLOCK = 8192
 
@@ -37,6 +41,9 @@ def check_rate(rate: Any) -> int:
         raise ValueError(f"sampling rate must be a positive number of Hz, got {rate!r}")
     if rate != int(rate):
         raise ValueError(f"sampling rate must be a whole number of Hz, got {rate!r}")
+    low, high = RATE_RANGE
+    if not low <= rate <= high:
+        raise ValueError(f"sampling rate {rate!r} Hz is outside the supported range {low}-{high} Hz")
     return int(rate)
 
 
@@ -45,7 +52,8 @@ def as_mono_signal(samples: Any) -> numpy.ndarray:
 
     Accepts integer or floating-point arrays (and lists of numbers) of shape
     ``(N,)``, ``(N, 1)`` or ``(1, N)``. Rejects other dtypes with ``TypeError``
-    and multi-channel, empty or non-finite signals with ``ValueError``.
+    and multi-channel, empty, non-finite or absurdly large (beyond
+    :data:`MAX_MAGNITUDE`) signals with ``ValueError``.
     """
     array = numpy.asarray(samples)
     if array.dtype.kind not in "iuf":
@@ -66,6 +74,12 @@ def as_mono_signal(samples: Any) -> numpy.ndarray:
     if not numpy.all(numpy.isfinite(signal)):
         bad = int(numpy.count_nonzero(~numpy.isfinite(signal)))
         raise ValueError(f"audio contains {bad} NaN or infinite sample(s); clean the signal first")
+    peak = float(numpy.max(numpy.abs(signal)))
+    if peak > MAX_MAGNITUDE:
+        raise ValueError(
+            f"audio samples reach {peak:.3g}, beyond {MAX_MAGNITUDE:.0e}: not an audio signal; "
+            "pass int16 samples or floats in [-1, 1]"
+        )
     return signal
 
 
