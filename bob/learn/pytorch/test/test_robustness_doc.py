@@ -1,0 +1,123 @@
+"""Every row of doc/robustness.rst is checked against the code."""
+import pickle
+import re
+import zipfile
+from pathlib import Path
+
+import h5py
+import numpy
+import pytest
+import torch
+
+import bob.learn.pytorch as package
+from bob.learn.pytorch.preprocessor.audio import DltResNetExtractor
+
+from .conftest import REPO
+
+TABLE = REPO / "doc" / "robustness.rst"
+NOISE = numpy.random.RandomState(7).randint(-3000, 3000, 16000).astype(numpy.int16)
+SPECS = numpy.random.RandomState(7).rand(300, 257)
+
+
+def table_rows():
+    """(input, exception, message) triplets of the list-table, header excluded."""
+    cells = re.findall(r"^   [* ] - (.*)$", TABLE.read_text(), flags=re.MULTILINE)
+    rows = [tuple(cells[i : i + 3]) for i in range(0, len(cells), 3)]
+    return rows[1:]
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("payload ran",))
+
+
+def _checkpoint_case(kind, tmp_path, drn_file, rn_file):
+    path = tmp_path / f"{kind}.pth.tar"
+    if kind == "other_architecture":
+        return DltResNetExtractor(str(rn_file)).network
+    if kind == "other_classes":
+        return DltResNetExtractor(str(drn_file), num_classes=10).network
+    if kind == "truncated":
+        path.write_bytes(Path(drn_file).read_bytes()[:5_000_000])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("model weights go here\n")
+    elif kind == "zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("a.txt", "x")
+    elif kind == "payload":
+        torch.save({"state_dict": {}, "x": Payload()}, path)
+    return DltResNetExtractor(str(path)).network
+
+
+def _hdf5_case(kind, extractor, tmp_path):
+    path = tmp_path / "file.hdf5"
+    if kind == "no_feats":
+        with h5py.File(path, "w") as hdf5:
+            hdf5["other"] = numpy.zeros(2)
+    else:
+        path.write_text("text")
+    return extractor.read_data(str(path))
+
+
+def cases(extractor, tmp_path, drn_file, rn_file):
+    """The call each row describes."""
+    (tmp_path / "blocker").write_text("")
+    return {
+        "empty audio": lambda: extractor((16000, numpy.zeros(0))),
+        "audio shorter than 37 frames": lambda: extractor((16000, NOISE[:6159])),
+        "NaN or infinite samples": lambda: extractor((16000, numpy.r_[NOISE[:-1], numpy.nan])),
+        "samples beyond 1e100": lambda: extractor((16000, numpy.full(16000, 1e120))),
+        "multi-channel array": lambda: extractor((16000, numpy.stack([NOISE, NOISE]))),
+        "3-D array": lambda: extractor((16000, NOISE[None, None])),
+        "non-numeric dtype": lambda: extractor((16000, NOISE.astype(str))),
+        "Python list of numbers": lambda: extractor((16000, NOISE.tolist())),
+        "audio that is not a": lambda: extractor(NOISE),
+        "rate of 0, negative, NaN": lambda: extractor((float("nan"), NOISE)),
+        "rate with a fraction": lambda: extractor((15999.5, NOISE)),
+        "rate below 1000 Hz": lambda: extractor((800, NOISE)),
+        "``annotations`` neither": lambda: extractor((16000, NOISE), "annotations"),
+        "spectrogram with a number of frequency bins": lambda: extractor.extract_embeddings(
+            extractor.network, SPECS[:, :256], 0
+        ),
+        "negative ``L`` or ``min_length``": lambda: extractor.extract_embeddings(extractor.network, SPECS, -1),
+        "``L`` from 1 to 36": lambda: extractor.extract_embeddings(extractor.network, SPECS, 20),
+        "checkpoint of the other architecture": lambda: _checkpoint_case("other_architecture", tmp_path, drn_file, rn_file),
+        "checkpoint of another ``num_classes``": lambda: _checkpoint_case("other_classes", tmp_path, drn_file, rn_file),
+        "truncated checkpoint": lambda: _checkpoint_case("truncated", tmp_path, drn_file, rn_file),
+        "empty checkpoint file": lambda: _checkpoint_case("empty", tmp_path, drn_file, rn_file),
+        "text file given as checkpoint": lambda: _checkpoint_case("text", tmp_path, drn_file, rn_file),
+        "zip archive that is not": lambda: _checkpoint_case("zip", tmp_path, drn_file, rn_file),
+        "pickle with a code-running payload": lambda: _checkpoint_case("payload", tmp_path, drn_file, rn_file),
+        "explicit ``model_file`` that does not exist": lambda: DltResNetExtractor(str(tmp_path / "none.pth")),
+        "HDF5 file without a ``feats``": lambda: _hdf5_case("no_feats", extractor, tmp_path),
+        "file that is not HDF5": lambda: _hdf5_case("text", extractor, tmp_path),
+        "unwritable output path": lambda: extractor.write_data(numpy.zeros((1, 128)), str(tmp_path / "blocker" / "e.h5")),
+    }
+
+
+def test_table_covers_every_case():
+    rows = table_rows()
+    assert len(rows) == 27
+    assert all(len(row) == 3 for row in rows)
+
+
+def _exception_class(name):
+    return getattr(package, name, None) or {"ValueError": ValueError, "TypeError": TypeError,
+                                            "OSError": OSError, "FileNotFoundError": FileNotFoundError}[name]
+
+
+@pytest.mark.parametrize("row", table_rows(), ids=lambda row: row[0][:40])
+def test_documented_outcome(row, drn_extractor, tmp_path, drn_file, rn_file, capsys):
+    described, outcome, message = row
+    known = cases(drn_extractor, tmp_path, drn_file, rn_file)
+    call = next((action for prefix, action in known.items() if described.startswith(prefix)), None)
+    assert call is not None, f"no test case for documented row {described!r}"
+    if outcome == "accepted":
+        assert call().shape == (1, 128)
+        return
+    with pytest.raises(_exception_class(outcome.strip("`"))) as error:
+        call()
+    assert message in str(error.value)
+    assert "payload ran" not in capsys.readouterr().out
