@@ -1,4 +1,4 @@
 """bob.learn.pytorch: PyTorch speaker-embedding extractors for the bob framework."""
-from .errors import CheckpointError, ModelDownloadError, UnsafeCheckpointError
+from .errors import CheckpointError, ModelDownloadError, SettingsError, UnsafeCheckpointError
 
-__all__ = ["CheckpointError", "ModelDownloadError", "UnsafeCheckpointError"]
+__all__ = ["CheckpointError", "ModelDownloadError", "SettingsError", "UnsafeCheckpointError"]

@@ -91,7 +91,7 @@ def read_checkpoint(path: PathLike, map_location: Any = "cpu", trust: bool = Fal
         if "Weights only load failed" in str(error) and _UNSUPPORTED_GLOBAL.search(str(error)):
             raise _refuse_unsafe(path, error) from None
         raise CheckpointError(f"{os.fspath(path)} is not a readable PyTorch checkpoint: {_first_line(error)}") from error
-    except (RuntimeError, EOFError, ValueError, OSError, KeyError, TypeError, AttributeError) as error:
+    except Exception as error:  # any other failure of the unpickler means the file is unusable
         raise CheckpointError(
             f"{os.fspath(path)} is not a readable PyTorch checkpoint (truncated or another kind of file?): "
             f"{_first_line(error)}"
@@ -107,6 +107,7 @@ def clean_state_dict(content: Any, source: str = "checkpoint") -> "OrderedDict[s
     """Unwrap ``{'state_dict': ...}`` and strip DataParallel's ``module.`` prefix.
 
     >>> import torch
+    >>> from bob.learn.pytorch.checkpoint import clean_state_dict
     >>> list(clean_state_dict({"state_dict": {"module.fc.bias": torch.zeros(1)}, "epoch": 3}))
     ['fc.bias']
     """

@@ -1,6 +1,6 @@
 """Exceptions raised by bob.learn.pytorch."""
 
-__all__ = ["CheckpointError", "UnsafeCheckpointError", "ModelDownloadError"]
+__all__ = ["CheckpointError", "UnsafeCheckpointError", "ModelDownloadError", "SettingsError"]
 
 
 class CheckpointError(RuntimeError):
@@ -13,3 +13,7 @@ class UnsafeCheckpointError(CheckpointError):
 
 class ModelDownloadError(RuntimeError):
     """A pretrained model could not be downloaded or failed validation."""
+
+
+class SettingsError(ValueError):
+    """A bob settings file (``bobrc.toml`` or ``~/.bobrc``) exists but cannot be read."""

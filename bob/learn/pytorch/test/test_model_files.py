@@ -1,0 +1,398 @@
+"""Where model files come from (argument, settings of either bob CLI, package folder) and safe loading."""
+import errno
+import hashlib
+import io
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy
+import pytest
+import torch
+
+from bob.learn.pytorch import ModelDownloadError, UnsafeCheckpointError
+from bob.learn.pytorch.checkpoint import clean_state_dict, read_checkpoint
+from bob.learn.pytorch.download import DownloadOptions
+from bob.learn.pytorch.errors import SettingsError
+from bob.learn.pytorch.model_files import (
+    DOWNLOAD_TIMEOUT_KEY,
+    ModelLocation,
+    ModelUrl,
+    describe_model_files,
+    download_options,
+    ensure_model_file,
+    resolve_model_file,
+    resolve_model_url,
+    resolve_sha256,
+    sha256_key,
+)
+from bob.learn.pytorch.preprocessor.audio import DltResNetExtractor, ResNetExtractor, weights
+from bob.learn.pytorch.preprocessor.audio.weights import DLTRESNET34_VOXCELEB, RESNET34_VOXCELEB
+from bob.learn.pytorch.settings import get_setting
+
+from .model_server import ModelServer, Payload, sha256_of
+
+DRN = DLTRESNET34_VOXCELEB
+RN = RESNET34_VOXCELEB
+FAST = DownloadOptions(connect_timeout=2.0, read_timeout=1.0, attempts=2, backoff=0.01, progress=False)
+BOB12 = Path(sys.executable).parent / "bob"
+
+
+def bob12_config_set(key: str, value: str) -> None:
+    """Run bob 12's real ``bob config set`` with the test's HOME / XDG_CONFIG_HOME."""
+    if not BOB12.is_file():
+        pytest.fail(f"bob 12's command {BOB12} is missing; install bob>=12")
+    subprocess.run([str(BOB12), "config", "set", key, value], env=dict(os.environ), check=True, capture_output=True, timeout=300)
+
+
+def bob_extension_config_set(key: str, value: str) -> None:
+    """Run bob.extension's real ``bob config set`` (its console script is shadowed by bob 12's)."""
+    code = "import sys; from bob.extension.scripts import main_cli; sys.argv[0] = 'bob'; main_cli()"
+    subprocess.run(
+        [sys.executable, "-c", code, "config", "set", key, value],
+        env=dict(os.environ),
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    """The package data folder, moved to a temporary folder."""
+    path = tmp_path / "package-data"
+    monkeypatch.setattr(weights, "DATA_DIR", str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def payloads(checkpoint):
+    return {
+        "drn34.pth.tar": Path(checkpoint("drn34")).read_bytes(),
+        "rn34.pth.tar": Path(checkpoint("rn34", "numpy_scalar")).read_bytes(),
+    }
+
+
+@pytest.fixture
+def server(payloads):
+    with ModelServer(payloads) as running:
+        yield running
+
+
+def write_toml(home: Path, text: str) -> Path:
+    path = home / ".config" / "bobrc.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def write_json(path: Path, settings: dict) -> Path:
+    path.write_text(json.dumps(settings, indent=4))
+    return path
+
+
+# -- resolution order -----------------------------------------------------------------------------
+
+
+def test_defaults_are_the_package_folder_and_the_idiap_urls(data_dir):
+    assert resolve_model_file(DRN) == ModelLocation(str(data_dir / "drn34.pth.tar"), "package data folder")
+    assert resolve_model_file(RN) == ModelLocation(str(data_dir / "rn34.pth.tar"), "package data folder")
+    assert resolve_model_url(DRN) == ModelUrl(
+        "https://www.idiap.ch/software/bob/data/bob/bob.learn.pytorch/master/"
+        "models_emb128_2drp_dlt_aug_relu__voxceleb___rn34-best.cls.pth.tar",
+        "package default (Idiap)",
+    )
+    assert resolve_model_url(RN).url.endswith("/models_emb128_2drp_aug_relu__voxceleb___rn34-best.cls.pth.tar")
+
+
+def test_bob12_config_set_is_honoured_and_never_rewritten(isolated_settings, tmp_path, data_dir):
+    model = tmp_path / "my models" / "drn.pth.tar"
+    bob12_config_set(DRN.path_key, str(model))
+    toml = isolated_settings / ".config" / "bobrc.toml"
+    before = toml.read_bytes()
+    assert b"[bob.learn.pytorch.extractor.audio]" in before  # bob 12 nests the dotted key in tables
+    assert resolve_model_file(DRN) == ModelLocation(str(model), f"setting {DRN.path_key} in {toml}")
+    assert resolve_model_file(RN).source == "package data folder"
+    assert resolve_model_file(DRN, "/explicit.pth") == ModelLocation("/explicit.pth", "argument")
+    assert toml.read_bytes() == before
+    assert not (isolated_settings / ".bobrc").exists()
+
+
+def test_bob12_respects_xdg_config_home(monkeypatch, tmp_path):
+    config_home = tmp_path / "xdg"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config_home))
+    bob12_config_set(RN.url_key, "http://mirror.example/rn34.pth.tar")
+    assert resolve_model_url(RN) == ModelUrl(
+        "http://mirror.example/rn34.pth.tar", f"setting {RN.url_key} in {config_home / 'bobrc.toml'}"
+    )
+    assert resolve_model_url(DRN).source == "package default (Idiap)"
+
+
+def test_bob_extension_config_set_is_honoured_and_never_rewritten(isolated_settings, tmp_path):
+    model = tmp_path / "legacy" / "rn.pth.tar"
+    bob_extension_config_set(RN.path_key, str(model))
+    legacy = isolated_settings / ".bobrc"
+    before = legacy.read_bytes()
+    assert json.loads(before) == {RN.path_key: str(model)}
+    assert resolve_model_file(RN) == ModelLocation(str(model), f"setting {RN.path_key} in {legacy}")
+    assert legacy.read_bytes() == before
+    assert not (isolated_settings / ".config" / "bobrc.toml").exists()
+
+
+def test_legacy_home_bobrc_without_the_bobrc_variable(isolated_settings, monkeypatch):
+    monkeypatch.delenv("BOBRC")
+    legacy = write_json(isolated_settings / ".bobrc", {DRN.url_key: "http://old.example/drn"})
+    assert resolve_model_url(DRN) == ModelUrl("http://old.example/drn", f"setting {DRN.url_key} in {legacy}")
+
+
+def test_bobrc_variable_points_to_another_json_file(monkeypatch, tmp_path):
+    legacy = write_json(tmp_path / "elsewhere.json", {DRN.path_key: "/srv/models/drn.pth.tar", "other": 1})
+    monkeypatch.setenv("BOBRC", str(legacy))
+    before = legacy.read_bytes()
+    assert resolve_model_file(DRN) == ModelLocation("/srv/models/drn.pth.tar", f"setting {DRN.path_key} in {legacy}")
+    assert legacy.read_bytes() == before
+
+
+def test_bob12_file_wins_over_the_legacy_file(isolated_settings):
+    toml = write_toml(isolated_settings, f'[bob.learn.pytorch.extractor.audio]\ndrn_modelpath = "/new/drn.pth.tar"\n')
+    write_json(isolated_settings / ".bobrc", {DRN.path_key: "/old/drn.pth.tar", RN.path_key: "/old/rn.pth.tar"})
+    assert resolve_model_file(DRN) == ModelLocation("/new/drn.pth.tar", f"setting {DRN.path_key} in {toml}")
+    assert resolve_model_file(RN).path == "/old/rn.pth.tar"  # not in the TOML file: the legacy file answers
+
+
+def test_argument_wins_over_every_setting(isolated_settings):
+    write_toml(isolated_settings, f'[bob.learn.pytorch.extractor.audio]\ndrn_modelpath = "/new/drn.pth.tar"\n')
+    assert resolve_model_file(DRN, Path("given.pth.tar")) == ModelLocation("given.pth.tar", "argument")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '"bob.learn.pytorch.extractor.audio.drn_modelpath" = "/x.pth"\n',
+        '[bob.learn]\n"pytorch.extractor.audio.drn_modelpath" = "/x.pth"\n',
+        "[bob.learn.pytorch.extractor]\naudio.drn_modelpath = '/x.pth'\n",
+    ],
+)
+def test_hand_written_toml_layouts(isolated_settings, text):
+    write_toml(isolated_settings, text)
+    assert resolve_model_file(DRN).path == "/x.pth"
+
+
+def test_home_in_a_setting_is_expanded(isolated_settings):
+    write_toml(isolated_settings, '[bob.learn.pytorch.extractor.audio]\nrn_modelpath = "~/models/rn.pth.tar"\n')
+    assert resolve_model_file(RN).path == str(isolated_settings / "models" / "rn.pth.tar")
+
+
+def test_legacy_file_already_converted_to_toml_is_still_read(isolated_settings):
+    (isolated_settings / ".bobrc").write_text('[bob.learn.pytorch.extractor.audio]\nrn_url = "http://m/rn"\n')
+    assert resolve_model_url(RN).url == "http://m/rn"
+
+
+def test_json_null_counts_as_unset(isolated_settings, data_dir):
+    write_json(isolated_settings / ".bobrc", {DRN.path_key: None})
+    assert resolve_model_file(DRN).source == "package data folder"
+
+
+def test_broken_settings_file_is_named(isolated_settings):
+    toml = write_toml(isolated_settings, "[bob.learn\ndrn_modelpath = 3\n")
+    with pytest.raises(SettingsError, match=f"bob settings file {toml} is not valid"):
+        resolve_model_file(DRN)
+
+
+def test_a_path_setting_must_be_text(isolated_settings):
+    write_toml(isolated_settings, "[bob.learn.pytorch.extractor.audio]\ndrn_modelpath = 3\n")
+    with pytest.raises(SettingsError, match=f"setting {DRN.path_key} in .* must be a non-empty text, not 3"):
+        resolve_model_file(DRN)
+
+
+def test_settings_are_looked_up_by_exact_key(isolated_settings):
+    write_toml(isolated_settings, '[bob.learn.pytorch.extractor.audio]\ndrn_modelpath = "/x"\n')
+    assert get_setting("bob.learn.pytorch.extractor.audio.drn_modelpath").value == "/x"
+    assert get_setting("bob.learn.pytorch.extractor.audio") is not None  # a table is a value too
+    assert get_setting("bob.learn.pytorch.extractor.audio.rn_modelpath") is None
+    assert get_setting("learn.pytorch.extractor.audio.drn_modelpath") is None
+
+
+def test_sha256_known_for_the_default_url_or_set_for_any(isolated_settings, monkeypatch):
+    assert sha256_key(DRN) == "bob.learn.pytorch.extractor.audio.drn_sha256"
+    record = DRN.__class__(**{**DRN.__dict__, "sha256": "ab" * 32})
+    assert resolve_sha256(record, record.url) == "ab" * 32
+    assert resolve_sha256(record, "http://mirror/x") is None
+    write_toml(isolated_settings, f'[bob.learn.pytorch.extractor.audio]\ndrn_sha256 = "{"CD" * 32}"\n')
+    assert resolve_sha256(record, "http://mirror/x") == "cd" * 32
+
+
+def test_download_timeout_setting(isolated_settings):
+    assert download_options() == DownloadOptions()
+    write_toml(isolated_settings, "[bob.learn.pytorch.extractor.audio]\ndownload_timeout = 2.5\n")
+    assert DOWNLOAD_TIMEOUT_KEY == "bob.learn.pytorch.extractor.audio.download_timeout"
+    assert (download_options().connect_timeout, download_options().read_timeout) == (2.5, 2.5)
+    write_toml(isolated_settings, "[bob.learn.pytorch.extractor.audio]\ndownload_timeout = 'never'\n")
+    with pytest.raises(SettingsError, match="must be a positive number of seconds, not 'never'"):
+        download_options()
+
+
+def test_describe_model_files_lists_both_models(isolated_settings, data_dir):
+    toml = write_toml(isolated_settings, '[bob.learn.pytorch.extractor.audio]\nrn_url = "http://m/rn"\n')
+    data_dir.mkdir()
+    (data_dir / "drn34.pth.tar").write_bytes(b"x")
+    drn, rn = describe_model_files()
+    assert (drn.record, drn.path, drn.path_source, drn.url, drn.url_source, drn.sha256, drn.exists) == (
+        DRN, str(data_dir / "drn34.pth.tar"), "package data folder", DRN.url, "package default (Idiap)", None, True
+    )
+    assert (rn.record, rn.path, rn.url, rn.url_source, rn.exists) == (
+        RN, str(data_dir / "rn34.pth.tar"), "http://m/rn", f"setting {RN.url_key} in {toml}", False
+    )
+
+
+# -- ensure_model_file ----------------------------------------------------------------------------
+
+
+def test_explicit_missing_file_is_never_downloaded(isolated_settings, server, tmp_path):
+    write_toml(isolated_settings, f'[bob.learn.pytorch.extractor.audio]\ndrn_url = "{server.url("drn34.pth.tar")}"\n')
+    missing = tmp_path / "nope.pth.tar"
+    with pytest.raises(FileNotFoundError, match=f"{missing} \\(the model_file argument\\) does not exist"):
+        ensure_model_file(DRN, missing)
+    with pytest.raises(FileNotFoundError):
+        DltResNetExtractor(str(missing))
+    assert server.requests == []
+    assert not missing.exists()
+
+
+def test_existing_file_is_used_without_download(server, drn_file):
+    assert ensure_model_file(DRN, drn_file) == str(drn_file)
+    assert server.requests == []
+
+
+def test_missing_default_file_is_downloaded_into_the_data_folder(isolated_settings, server, data_dir, payloads):
+    write_toml(isolated_settings, f'[bob.learn.pytorch.extractor.audio]\nrn_url = "{server.url("rn34.pth.tar")}"\n')
+    path = ensure_model_file(RN, options=FAST)
+    assert path == str(data_dir / "rn34.pth.tar")
+    assert Path(path).read_bytes() == payloads["rn34.pth.tar"]
+    assert sorted(os.listdir(data_dir)) == ["rn34.pth.tar"]
+    assert ensure_model_file(RN, options=FAST) == path
+    assert server.requests == [("rn34.pth.tar", "ok")]
+
+
+def test_download_disabled(isolated_settings, data_dir, server):
+    with pytest.raises(FileNotFoundError, match="downloading is disabled"):
+        ensure_model_file(DRN, download=False)
+    assert server.requests == []
+
+
+def test_extractor_downloads_to_the_path_set_with_bob_config_set(tmp_path, server, data_dir, payloads):
+    """End to end: both settings written by bob 12's CLI; the extractor fetches and loads the file."""
+    target = tmp_path / "mine" / "rn34-voxceleb.pth.tar"
+    bob12_config_set(RN.path_key, str(target))
+    bob12_config_set(RN.url_key, server.url("rn34.pth.tar"))
+    extractor = ResNetExtractor()
+    assert extractor.model_path == str(target)
+    assert target.read_bytes() == payloads["rn34.pth.tar"]
+    assert sorted(os.listdir(target.parent)) == ["rn34-voxceleb.pth.tar"]
+    assert not data_dir.exists()
+    assert extractor.network.em.bias.dtype == torch.float32  # numpy-scalar checkpoint loaded safely
+    assert server.requests == [("rn34.pth.tar", "ok")]
+
+
+def test_failed_download_through_the_extractor(isolated_settings, server, data_dir):
+    write_toml(isolated_settings, f'[bob.learn.pytorch.extractor.audio]\ndrn_url = "{server.url("drn34.pth.tar")}"\n')
+    server.then("html")
+    with pytest.raises(ModelDownloadError) as caught:
+        DltResNetExtractor()
+    message = str(caught.value)
+    assert server.url("drn34.pth.tar") in message and "web page" in message
+    assert f"bob config set {DRN.path_key} /path/to/model.pth.tar" in message
+    assert os.listdir(data_dir) == []
+
+
+def test_unwritable_data_folder_says_to_set_the_model_path(isolated_settings, server, data_dir, monkeypatch):
+    write_toml(isolated_settings, f'[bob.learn.pytorch.extractor.audio]\nrn_url = "{server.url("rn34.pth.tar")}"\n')
+    data_dir.mkdir()
+    real_open = os.open
+
+    def read_only(path, flags, *args, **kwargs):  # a read-only site-packages, even for root
+        if os.fspath(path).startswith(str(data_dir)) and flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    with pytest.raises(ModelDownloadError) as caught:
+        ResNetExtractor()
+    message = str(caught.value)
+    assert "Read-only file system" in message and str(data_dir) in message
+    assert f"bob config set {RN.path_key} /path/to/model.pth.tar" in message
+    assert server.requests == []
+    assert os.listdir(data_dir) == []
+
+
+# -- safe loading ---------------------------------------------------------------------------------
+
+
+def evil_checkpoint(path: Path, sentinel: Path, legacy: bool) -> Path:
+    buffer = io.BytesIO()
+    torch.save(
+        {"state_dict": {"module.em.bias": torch.zeros(128)}, "hook": Payload(sentinel)},
+        buffer,
+        _use_new_zipfile_serialization=not legacy,
+    )
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_code_running_pickle_is_refused_and_never_runs(tmp_path, legacy):
+    sentinel = tmp_path / "payload-ran"
+    model = evil_checkpoint(tmp_path / "evil.pth.tar", sentinel, legacy)
+    with pytest.raises(UnsafeCheckpointError) as caught:
+        read_checkpoint(model)
+    assert "posix.mkdir" in str(caught.value) and "trust_checkpoint=True" in str(caught.value)
+    extractor = DltResNetExtractor(str(model))  # construction does not read the file
+    with pytest.raises(UnsafeCheckpointError, match="trust_checkpoint=True"):
+        extractor.network
+    assert not sentinel.exists()
+
+
+def test_trust_checkpoint_is_the_explicit_opt_in(tmp_path):
+    sentinel = tmp_path / "payload-ran"
+    model = evil_checkpoint(tmp_path / "evil.pth.tar", sentinel, legacy=False)
+    content = read_checkpoint(model, trust=True)
+    assert sentinel.is_dir()  # full unpickling ran the payload: only for trusted files
+    assert list(content["state_dict"]) == ["module.em.bias"]
+
+
+def test_numpy_scalars_load_without_a_process_wide_change(checkpoint):
+    before = list(torch.serialization.get_safe_globals())
+    content = read_checkpoint(checkpoint("rn34", "numpy_scalar"))
+    assert isinstance(content["best_prec1"], numpy.float64)
+    assert len(clean_state_dict(content)) == 240
+    assert list(torch.serialization.get_safe_globals()) == before
+    with pytest.raises(pickle.UnpicklingError):  # without the scoped allow-list, torch refuses the file
+        torch.load(checkpoint("rn34", "numpy_scalar"), weights_only=True)
+
+
+def test_numpy_dtype_loads(tmp_path):
+    model = tmp_path / "dtype.pth.tar"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "dtype": numpy.dtype("float32"), "acc": numpy.float32(0.5)}, model)
+    content = read_checkpoint(model)
+    assert content["dtype"] == numpy.dtype("float32") and content["acc"] == numpy.float32(0.5)
+
+
+def test_downloaded_file_hash_is_that_of_the_served_bytes(isolated_settings, server, data_dir, payloads):
+    digest = hashlib.sha256(payloads["drn34.pth.tar"]).hexdigest()
+    write_toml(
+        isolated_settings,
+        f'[bob.learn.pytorch.extractor.audio]\ndrn_url = "{server.url("drn34.pth.tar")}"\ndrn_sha256 = "{digest}"\n',
+    )
+    assert sha256_of(ensure_model_file(DRN, options=FAST)) == digest
+    shutil.rmtree(data_dir)
+    write_toml(
+        isolated_settings,
+        f'[bob.learn.pytorch.extractor.audio]\ndrn_url = "{server.url("drn34.pth.tar")}"\ndrn_sha256 = "{"f" * 64}"\n',
+    )
+    with pytest.raises(ModelDownloadError, match="sha256 mismatch"):
+        ensure_model_file(DRN, options=FAST)
+    assert os.listdir(data_dir) == []
