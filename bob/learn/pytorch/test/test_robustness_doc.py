@@ -61,7 +61,22 @@ def _hdf5_case(kind, extractor, tmp_path):
     return extractor.read_data(str(path))
 
 
-def cases(extractor, tmp_path, drn_file, rn_file):
+def _failed_download(tmp_path, monkeypatch):
+    from bob.learn.pytorch.preprocessor.audio import weights
+
+    from .model_server import ModelServer
+
+    monkeypatch.setattr(weights, "DATA_DIR", str(tmp_path / "data"))
+    with ModelServer({}) as server:
+        config = tmp_path / "home" / ".config"
+        config.mkdir(parents=True, exist_ok=True)
+        (config / "bobrc.toml").write_text(
+            f'[bob.learn.pytorch.extractor.audio]\ndrn_url = "{server.url("missing.pth.tar")}"\n'
+        )
+        return DltResNetExtractor()
+
+
+def cases(extractor, tmp_path, drn_file, rn_file, monkeypatch):
     """The call each row describes."""
     (tmp_path / "blocker").write_text("")
     return {
@@ -91,6 +106,7 @@ def cases(extractor, tmp_path, drn_file, rn_file):
         "zip archive that is not": lambda: _checkpoint_case("zip", tmp_path, drn_file, rn_file),
         "pickle with a code-running payload": lambda: _checkpoint_case("payload", tmp_path, drn_file, rn_file),
         "explicit ``model_file`` that does not exist": lambda: DltResNetExtractor(str(tmp_path / "none.pth")),
+        "no model file and a download that fails": lambda: _failed_download(tmp_path, monkeypatch),
         "HDF5 file without a ``feats``": lambda: _hdf5_case("no_feats", extractor, tmp_path),
         "file that is not HDF5": lambda: _hdf5_case("text", extractor, tmp_path),
         "unwritable output path": lambda: extractor.write_data(numpy.zeros((1, 128)), str(tmp_path / "blocker" / "e.h5")),
@@ -99,7 +115,7 @@ def cases(extractor, tmp_path, drn_file, rn_file):
 
 def test_table_covers_every_case():
     rows = table_rows()
-    assert len(rows) == 27
+    assert len(rows) == 28
     assert all(len(row) == 3 for row in rows)
 
 
@@ -109,9 +125,9 @@ def _exception_class(name):
 
 
 @pytest.mark.parametrize("row", table_rows(), ids=lambda row: row[0][:40])
-def test_documented_outcome(row, drn_extractor, tmp_path, drn_file, rn_file, capsys):
+def test_documented_outcome(row, drn_extractor, tmp_path, drn_file, rn_file, capsys, monkeypatch):
     described, outcome, message = row
-    known = cases(drn_extractor, tmp_path, drn_file, rn_file)
+    known = cases(drn_extractor, tmp_path, drn_file, rn_file, monkeypatch)
     call = next((action for prefix, action in known.items() if described.startswith(prefix)), None)
     assert call is not None, f"no test case for documented row {described!r}"
     if outcome == "accepted":
