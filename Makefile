@@ -15,11 +15,14 @@ help:
 	@echo "make docs   - build the Sphinx documentation into doc/_build/html"
 	@echo "make bench  - run the speed and memory benchmarks"
 
+# The editable install uses compat mode: it puts the work tree on sys.path, so that the
+# pkgutil namespace packages bob/ and bob/learn/ (shared with bob, bob.learn.em, ...) find
+# bob.learn.pytorch in every process, including bob's `bob` command.
 $(VENV)/.installed: setup.py requirements.txt test-requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade "pip>=23"
+	$(PIP) install --quiet --upgrade "pip>=23.1"
 	$(PIP) install --quiet $(TORCH_PIN)
-	$(PIP) install --quiet -e ".[test,doc]"
+	$(PIP) install --quiet -e ".[test,doc]" --config-settings editable_mode=compat
 	touch $@
 
 env: $(VENV)/.installed
@@ -30,6 +33,9 @@ test: $(VENV)/.installed
 docs: $(VENV)/.installed
 	$(PY) -m sphinx -W --keep-going -b html doc doc/_build/html
 	$(PY) -m sphinx -W --keep-going -b doctest doc doc/_build/doctest
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/bob pytorch demo $(if $(MODEL),--model "$(MODEL)")
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/run.py

@@ -1,0 +1,394 @@
+"""The work behind ``bob pytorch extract-audio``: find inputs, embed them, write one output file.
+
+Kept apart from the click commands so that each step can be tested and
+reused (the demo uses the same functions). Nothing here prints: failures are
+returned as :class:`Failure` records and the command decides how to report them.
+"""
+import csv
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import h5py
+import numpy
+import scipy.io.wavfile
+
+from ..preprocessor.audio import DltResNetExtractor
+
+__all__ = [
+    "AudioInput",
+    "Failure",
+    "Embedded",
+    "InputConflict",
+    "OUTPUT_FORMATS",
+    "LIST_SUFFIXES",
+    "collect_inputs",
+    "read_wav",
+    "embed_inputs",
+    "output_format",
+    "write_output",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Suffixes of files read as lists of recordings (one path per line).
+LIST_SUFFIXES = (".txt", ".lst", ".list")
+#: Output suffixes and the format each one selects.
+OUTPUT_FORMATS = {".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5", ".npy": "npy", ".csv": "csv"}
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass(frozen=True)
+class AudioInput:
+    """One recording to embed.
+
+    Attributes
+    ----------
+    name : str
+        Key of its embedding in the output: the file name without ``.wav``
+        for a file given directly, the path relative to the folder or list
+        file otherwise (``/``-separated).
+    path : pathlib.Path
+        The WAV file.
+    """
+
+    name: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An input that produced no embedding, and why (one line)."""
+
+    source: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """The embedding rows of one input: ``(1, D)``, or one row per chunk with ``-L``."""
+
+    item: AudioInput
+    rows: numpy.ndarray
+    rate: int
+    n_samples: int
+
+
+class InputConflict(ValueError):
+    """Two different recordings would be stored under the same name."""
+
+
+def _name_from_relative(relative: str) -> str:
+    """``sub/dir/x.wav`` → ``sub/dir/x``; ``..`` and leading separators are dropped."""
+    parts = [part for part in PurePosixPath(relative.replace(os.sep, "/")).parts if part not in ("/", ".", "..")]
+    if not parts:
+        return ""
+    stem = parts[-1]
+    if stem.lower().endswith(".wav"):
+        stem = stem[: -len(".wav")]
+    return "/".join(parts[:-1] + [stem])
+
+
+def _wav_files_under(folder: Path) -> List[Path]:
+    return sorted(path for path in folder.rglob("*") if path.suffix.lower() == ".wav" and path.is_file())
+
+
+def _entries_of_list(list_file: Path) -> List[str]:
+    """Non-blank lines of a list file, without ``#`` comments."""
+    text = list_file.read_text(encoding="utf-8")
+    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    return [line for line in lines if line]
+
+
+def _expand(argument: str) -> Tuple[List[AudioInput], List[Failure]]:
+    path = Path(argument)
+    if path.is_dir():
+        found = [AudioInput(_name_from_relative(str(wav.relative_to(path))), wav) for wav in _wav_files_under(path)]
+        if not found:
+            return [], [Failure(argument, "folder holds no .wav file")]
+        return found, []
+    if path.suffix.lower() in LIST_SUFFIXES:
+        if not path.is_file():
+            return [], [Failure(argument, "no such list file")]
+        try:
+            entries = _entries_of_list(path)
+        except (OSError, UnicodeDecodeError) as error:
+            return [], [Failure(argument, f"cannot read list file: {error}")]
+        if not entries:
+            return [], [Failure(argument, "list file names no recording")]
+        base = path.parent
+        return [AudioInput(_name_from_relative(entry), base / entry) for entry in entries], []
+    return [AudioInput(_name_from_relative(path.name), path)], []
+
+
+def collect_inputs(arguments: Iterable[str]) -> Tuple[List[AudioInput], List[Failure]]:
+    """Turn command-line arguments into the recordings to embed.
+
+    Parameters
+    ----------
+    arguments : iterable of str
+        WAV files, folders (searched recursively for ``*.wav``, in sorted
+        order) and list files (``.txt``, ``.lst``, ``.list``: one path per
+        line, relative to the list file's folder; ``#`` starts a comment).
+
+    Returns
+    -------
+    inputs : list of AudioInput
+        In argument order; a file reached twice is kept once.
+    problems : list of Failure
+        Folders without recordings and unreadable list files. Files that do
+        not exist are reported later, when they are read.
+
+    Raises
+    ------
+    InputConflict
+        If two different files would get the same name in the output.
+    """
+    inputs: List[AudioInput] = []
+    problems: List[Failure] = []
+    by_name = {}
+    for argument in arguments:
+        found, failed = _expand(argument)
+        problems.extend(failed)
+        for item in found:
+            key = os.path.abspath(item.path)
+            if item.name in by_name:
+                if by_name[item.name] == key:
+                    continue
+                raise InputConflict(
+                    f"two inputs would both be stored as '{item.name}': {by_name[item.name]} and {key}; "
+                    "pass their common folder (or a list file) instead, so that names keep the sub-folders"
+                )
+            if not item.name:
+                problems.append(Failure(str(item.path), "cannot make an output name from this path"))
+                continue
+            by_name[item.name] = key
+            inputs.append(item)
+    return inputs, problems
+
+
+def read_wav(path: PathLike) -> Tuple[int, numpy.ndarray]:
+    """Read a WAV file as ``(rate, samples)`` with :func:`scipy.io.wavfile.read`.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no such file.
+    ValueError
+        If the file is not a WAV file scipy can read.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError("no such file" if not os.path.isdir(path) else "a folder, not a WAV file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", scipy.io.wavfile.WavFileWarning)
+            rate, samples = scipy.io.wavfile.read(path)
+    except (ValueError, EOFError, OSError) as error:
+        raise ValueError(f"not a readable WAV file ({error})") from None
+    return int(rate), samples
+
+
+def _one_line(error: BaseException) -> str:
+    message = " ".join(str(error).split())
+    if isinstance(error, (ValueError, FileNotFoundError)) and message:
+        return message
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def _embed_one(extractor: DltResNetExtractor, audio: Tuple[int, numpy.ndarray], chunk_length: int, batch_size: int):
+    if chunk_length == 0:
+        return extractor(audio)
+    specs = extractor.spectrogram(audio)
+    return extractor.extract_embeddings(extractor.network, specs, chunk_length, batch_size)
+
+
+def _embed_group(
+    extractor: DltResNetExtractor, loaded: List[Tuple[AudioInput, Tuple[int, numpy.ndarray]]], batch_size: int
+) -> Optional[numpy.ndarray]:
+    """Rows of a whole group through ``embed_many``, or None if any recording fails."""
+    try:
+        return extractor.embed_many([audio for _, audio in loaded], batch_size=batch_size)
+    except Exception:  # noqa: BLE001 - retried one by one, which names the culprit
+        logger.debug("a group of %d recordings failed; embedding them one at a time", len(loaded), exc_info=True)
+        return None
+
+
+def embed_inputs(
+    extractor: DltResNetExtractor,
+    inputs: Sequence[AudioInput],
+    chunk_length: int = 0,
+    batch_size: int = 8,
+    on_progress: Optional[Callable[[int], None]] = None,
+) -> Iterator[Union[Embedded, Failure]]:
+    """Embed each input, yielding its rows or the reason it failed, in input order.
+
+    Parameters
+    ----------
+    extractor : DltResNetExtractor
+        A loaded extractor (its network is used as is).
+    inputs : sequence of AudioInput
+        The recordings.
+    chunk_length : int
+        0 for one embedding per recording; otherwise the chunk length ``L``
+        in frames (at least 37) and one row per chunk.
+    batch_size : int
+        Recordings per forward pass (chunks per pass when ``chunk_length`` > 0).
+    on_progress : callable, optional
+        Called with the number of inputs just finished.
+
+    Yields
+    ------
+    Embedded or Failure
+        A failure never stops the others: a group holding a bad recording is
+        embedded again one recording at a time.
+    """
+    group_size = batch_size if chunk_length == 0 else 1
+    for start in range(0, len(inputs), group_size):
+        group = inputs[start : start + group_size]
+        loaded, outcomes = [], {}
+        for item in group:
+            try:
+                loaded.append((item, read_wav(item.path)))
+            except (OSError, ValueError) as error:
+                outcomes[item] = Failure(str(item.path), _one_line(error))
+        rows = _embed_group(extractor, loaded, batch_size) if chunk_length == 0 and len(loaded) > 1 else None
+        for index, (item, audio) in enumerate(loaded):
+            try:
+                found = rows[index : index + 1] if rows is not None else _embed_one(extractor, audio, chunk_length, batch_size)
+                outcomes[item] = Embedded(item, numpy.asarray(found, dtype=numpy.float32), audio[0], _length(audio))
+            except Exception as error:  # noqa: BLE001 - one bad recording must not stop the others
+                logger.debug("embedding %s failed", item.path, exc_info=True)
+                outcomes[item] = Failure(str(item.path), _one_line(error))
+        for item in group:
+            yield outcomes[item]
+        if on_progress is not None:
+            on_progress(len(group))
+
+
+def _length(audio: Tuple[int, numpy.ndarray]) -> int:
+    return int(numpy.shape(audio[1])[0]) if numpy.ndim(audio[1]) else 0
+
+
+def output_format(path: PathLike) -> str:
+    """``"hdf5"``, ``"npy"`` or ``"csv"`` from the output file's suffix.
+
+    Raises
+    ------
+    ValueError
+        For any other suffix.
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        known = ", ".join(OUTPUT_FORMATS)
+        raise ValueError(f"cannot tell the output format from '{suffix or Path(path).name}'; use one of {known}")
+    return OUTPUT_FORMATS[suffix]
+
+
+def rows_table_path(npy_path: PathLike) -> Path:
+    """The CSV beside an ``.npy`` output naming its rows (``x.npy`` → ``x.rows.csv``)."""
+    path = Path(npy_path)
+    return path.with_name(path.stem + ".rows.csv")
+
+
+def temporary_beside(path: Path) -> Path:
+    """An empty file beside ``path`` with the permissions a new file gets (mkstemp makes it private)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(handle)
+    os.chmod(name, 0o666 & ~_current_umask())
+    return Path(name)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _write_hdf5(results: Sequence[Embedded], target: Path, attributes: dict) -> None:
+    with h5py.File(target, "w") as hdf5:
+        for key, value in attributes.items():
+            hdf5.attrs[key] = value
+        for result in results:
+            dataset = hdf5.create_dataset(result.item.name, data=result.rows)
+            dataset.attrs["source"] = os.path.abspath(result.item.path)
+            dataset.attrs["sample_rate"] = result.rate
+            dataset.attrs["duration_s"] = result.n_samples / result.rate if result.rate else 0.0
+
+
+def _row_labels(results: Sequence[Embedded]) -> Iterator[Tuple[str, int, str]]:
+    for result in results:
+        for chunk in range(len(result.rows)):
+            yield result.item.name, chunk, os.path.abspath(result.item.path)
+
+
+def _write_csv(results: Sequence[Embedded], target: Path) -> None:
+    width = results[0].rows.shape[1]
+    with open(target, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["name", "chunk"] + [f"e{i}" for i in range(width)])
+        rows = (row for result in results for row in result.rows)
+        for (name, chunk, _), row in zip(_row_labels(results), rows):
+            writer.writerow([name, chunk] + [format(float(value), ".9g") for value in row])
+
+
+def _write_rows_table(results: Sequence[Embedded], target: Path) -> None:
+    with open(target, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["row", "name", "chunk", "source"])
+        for row, (name, chunk, source) in enumerate(_row_labels(results)):
+            writer.writerow([row, name, chunk, source])
+
+
+def write_output(results: Sequence[Embedded], path: PathLike, attributes: Optional[dict] = None) -> List[Path]:
+    """Write the embeddings to ``path`` in the format its suffix names, atomically.
+
+    * ``.h5``/``.hdf5``/``.hdf``: one float32 dataset per input, named as the
+      input (``sub/x`` creates group ``sub``), with attributes ``source``,
+      ``sample_rate`` and ``duration_s``; ``attributes`` go on the file.
+    * ``.npy``: all rows stacked into one float32 ``(rows, D)`` array, plus
+      ``<stem>.rows.csv`` (``row,name,chunk,source``) saying which input
+      each row belongs to.
+    * ``.csv``: a header ``name,chunk,e0,...`` and one line per row.
+
+    Every file is written under a temporary name beside its target and
+    renamed into place only once all of them are complete.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written.
+
+    Raises
+    ------
+    ValueError
+        If ``results`` is empty or the suffix is unknown.
+    """
+    if not results:
+        raise ValueError("no embedding to write")
+    target = Path(path)
+    kind = output_format(target)
+    targets = [target] + ([rows_table_path(target)] if kind == "npy" else [])
+    temporaries = [temporary_beside(each) for each in targets]
+    try:
+        if kind == "hdf5":
+            _write_hdf5(results, temporaries[0], attributes or {})
+        elif kind == "csv":
+            _write_csv(results, temporaries[0])
+        else:
+            with open(temporaries[0], "wb") as handle:
+                numpy.save(handle, numpy.vstack([result.rows for result in results]).astype(numpy.float32))
+            _write_rows_table(results, temporaries[1])
+        for temporary, final in zip(temporaries, targets):
+            os.replace(temporary, final)
+    finally:
+        for temporary in temporaries:
+            if temporary.exists():
+                temporary.unlink()
+    return targets

@@ -1,0 +1,395 @@
+"""``bob pytorch``: the package's commands, plugged into bob's ``bob`` command.
+
+The group is registered in the ``bob.cli`` entry-point group (see setup.py),
+so ``bob pytorch --help`` lists the commands below; the package installs no
+``bob`` script of its own. ``python -m bob.learn.pytorch.script.pytorch`` runs
+the same group without the ``bob`` command.
+"""
+import contextlib
+import logging
+import os
+import sys
+from typing import Iterator, List, Optional, Sequence
+
+import clapper.logging
+import click
+import torch
+from clapper.click import AliasedGroup, verbosity_option
+
+from .. import model_files, settings
+from ..errors import CheckpointError, ModelDownloadError, SettingsError
+from ..preprocessor.audio import DltResNetExtractor, ResNetExtractor
+from ..preprocessor.audio.embedding import MIN_FRAMES
+from ..preprocessor.audio.weights import DLTRESNET34_VOXCELEB, RESNET34_VOXCELEB, PretrainedModel
+from . import extract as extraction
+
+logger = logging.getLogger("bob.learn.pytorch")
+
+#: Errors that mean the model cannot be used at all: reported once, in one line, exit 1.
+MODEL_ERRORS = (
+    CheckpointError,
+    ModelDownloadError,
+    SettingsError,
+    FileNotFoundError,
+    IsADirectoryError,
+    PermissionError,
+)
+#: The released models by the names the commands accept.
+MODELS = {"drn34": DLTRESNET34_VOXCELEB, "rn34": RESNET34_VOXCELEB}
+
+
+class ModelUnavailable(click.ClickException):
+    """The model could not be resolved, downloaded or loaded (exit status 1, no traceback)."""
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def load_extractor(
+    model_file: Optional[str], use_res: bool, device: str = "cpu", trust_checkpoint: bool = False
+) -> DltResNetExtractor:
+    """Build the extractor and load its network now, turning model problems into one-line errors."""
+    torch_device = parse_device(device)
+    kind = ResNetExtractor if use_res else DltResNetExtractor
+    try:
+        extractor = kind(model_file, device=torch_device, trust_checkpoint=trust_checkpoint)
+        extractor.network  # noqa: B018 - load now, so that a bad file fails before any recording is read
+    except MODEL_ERRORS as error:
+        raise ModelUnavailable(_one_line(error)) from None
+    except (RuntimeError, AssertionError) as error:  # e.g. CUDA requested but not available
+        raise ModelUnavailable(f"cannot load the model on device '{device}': {_one_line(error)}") from None
+    return extractor
+
+
+def parse_device(device: str) -> torch.device:
+    """``--device`` as a torch device; a usage error (exit status 2) when torch does not know it."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise click.BadParameter(_one_line(error), param_hint="'--device'") from None
+
+
+@contextlib.contextmanager
+def progress_reporter(total: int, show: bool, label: str) -> Iterator:
+    """A click progress bar on stderr when ``show``, else a function that does nothing."""
+    if not show:
+        yield lambda done: None
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True) as bar:
+        yield bar.update
+
+
+def _check_chunk_length(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    if 0 < value < MIN_FRAMES:
+        raise click.BadParameter(
+            f"{value} frames is shorter than the {MIN_FRAMES} frames the network needs; use 0 (whole recording) "
+            f"or at least {MIN_FRAMES}"
+        )
+    return value
+
+
+def model_options(function):
+    """``--model``, ``--use-res``, ``--device`` and ``--trust-checkpoint``, shared by the commands."""
+    options = [
+        click.option(
+            "--model",
+            "-m",
+            "model_file",
+            type=click.Path(exists=True, dir_okay=False),
+            help="Model file (.pth.tar). Default: the user setting bob.learn.pytorch.extractor.audio.drn_modelpath "
+            "(rn_modelpath with --use-res), else the package's copy, downloaded when missing.",
+        ),
+        click.option("--use-res", is_flag=True, help="Use the ResNet-34 model instead of the DltResNet-34 one."),
+        click.option("--device", "-d", default="cpu", show_default=True, help="Torch device, e.g. cpu, cuda, cuda:1."),
+        click.option(
+            "--trust-checkpoint",
+            is_flag=True,
+            help="Allow full unpickling of the model file (only for files you trust: it can run code).",
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+@click.group(cls=AliasedGroup, context_settings={"help_option_names": ("-?", "-h", "--help")})
+def pytorch() -> None:
+    """Speaker embeddings with the DltResNet-34 and ResNet-34 VoxCeleb models."""
+
+
+@pytorch.command("extract-audio")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    type=click.Path(dir_okay=False, writable=True),
+    help="Output file: .h5/.hdf5 (one dataset per recording), .npy (rows, plus <name>.rows.csv) or .csv.",
+)
+@model_options
+@click.option(
+    "--chunk-length",
+    "-L",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    callback=_check_chunk_length,
+    help=f"Chunk length in frames (10 ms each); 0 embeds each recording whole, else one row per chunk "
+    f"(at least {MIN_FRAMES}).",
+)
+@click.option(
+    "--batch-size",
+    "-b",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Recordings per forward pass (chunks per pass with -L).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@verbosity_option(logger=logger)
+def extract_audio(
+    inputs: Sequence[str],
+    output: str,
+    model_file: Optional[str],
+    use_res: bool,
+    device: str,
+    trust_checkpoint: bool,
+    chunk_length: int,
+    batch_size: int,
+    quiet: bool,
+    **_: object,
+) -> None:
+    """Embed WAV recordings into one output file.
+
+    INPUT is a .wav file, a folder (searched recursively for .wav files) or a
+    list file (.txt, .lst, .list: one path per line, relative to the list
+    file). Each recording becomes one dataset (HDF5) or one row per chunk
+    (.npy, .csv), named after its path. A recording that cannot be embedded is
+    reported on one line and skipped; the others are still written, and the
+    exit status is 1.
+
+    \b
+    Example:
+      bob pytorch extract-audio recordings/ -o embeddings.h5
+      bob pytorch extract-audio a.wav b.wav -o embeddings.csv --use-res -L 300
+    """
+    try:
+        extraction.output_format(output)
+        items, problems = extraction.collect_inputs(inputs)
+    except ValueError as error:  # unknown output suffix or two recordings with one name
+        raise click.UsageError(_one_line(error)) from None
+    report_failures(problems)
+    if not items:
+        raise click.ClickException("no recording to embed")
+    parse_device(device)
+    check_output_folder(output)
+    extractor = load_extractor(model_file, use_res, device, trust_checkpoint)
+    results, failures = run_extraction(extractor, items, chunk_length, batch_size, show_progress=_interactive(quiet))
+    if results:
+        attributes = _output_attributes(extractor, chunk_length)
+        try:
+            written = extraction.write_output(results, output, attributes)
+        except (OSError, ValueError) as error:
+            raise click.ClickException(f"cannot write {output}: {_one_line(error)}") from None
+        if not quiet:
+            rows = sum(len(result.rows) for result in results)
+            files = ", ".join(map(str, written))
+            click.echo(f"wrote {_count(rows, 'embedding row')} of {_count(len(results), 'recording')} to {files}")
+    failed = len(failures) + len(problems)
+    if failed:
+        kept = "nothing written" if not results else f"{len(results)} written"
+        raise click.ClickException(f"{failed} of {failed + len(results)} inputs failed ({kept})")
+
+
+def check_output_folder(output: str) -> None:
+    """Create the output's folder and check that it is writable, before any work is done."""
+    folder = os.path.dirname(os.path.abspath(output))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise click.ClickException(f"cannot write {output}: {folder} is a file, not a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise click.ClickException(f"cannot create the output folder {folder}: {error.strerror}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise click.ClickException(f"cannot write to the output folder {folder}")
+
+
+def _interactive(quiet: bool) -> bool:
+    return not quiet and sys.stderr.isatty()
+
+
+def run_extraction(
+    extractor: DltResNetExtractor,
+    items: Sequence[extraction.AudioInput],
+    chunk_length: int,
+    batch_size: int,
+    show_progress: bool,
+):
+    """Embed ``items``, reporting each failure on stderr; returns ``(results, failures)``."""
+    results: List[extraction.Embedded] = []
+    failures: List[extraction.Failure] = []
+    with progress_reporter(len(items), show_progress, "Embedding") as advance:
+        for outcome in extraction.embed_inputs(extractor, items, chunk_length, batch_size, on_progress=advance):
+            if isinstance(outcome, extraction.Failure):
+                failures.append(outcome)
+                if not show_progress:
+                    report_failures([outcome])
+            else:
+                results.append(outcome)
+    if show_progress:
+        report_failures(failures)
+    return results, failures
+
+
+def report_failures(failures: Sequence[extraction.Failure]) -> None:
+    """One line per failed input on stderr: ``error: <input>: <reason>``."""
+    for failure in failures:
+        click.echo(f"error: {failure.source}: {failure.reason}", err=True)
+
+
+def _output_attributes(extractor: DltResNetExtractor, chunk_length: int) -> dict:
+    return {
+        "model": extractor.pretrained.title,
+        "model_file": os.path.abspath(extractor.model_path),
+        "chunk_length": chunk_length,
+        "sample_rate": extractor.pretrained.sample_rate,
+    }
+
+
+@pytorch.command("download-models")
+@click.argument("names", nargs=-1, type=click.Choice(sorted(MODELS)))
+@click.option(
+    "--trust-checkpoint",
+    is_flag=True,
+    help="Validate the downloaded files with full unpickling (only for sources you trust).",
+)
+@verbosity_option(logger=logger)
+def download_models(names: Sequence[str], trust_checkpoint: bool, **_: object) -> None:
+    """Fetch the released models now (drn34 and rn34 by default), e.g. before grid jobs.
+
+    Each model goes where it resolves to (see ``bob pytorch info``): the
+    setting ``...drn_modelpath`` / ``...rn_modelpath``, else the package data
+    folder. A file already there is kept; a missing one is downloaded,
+    checked and moved into place.
+
+    \b
+    Example:
+      bob config set bob.learn.pytorch.extractor.audio.drn_modelpath /shared/models/drn34.pth.tar
+      bob pytorch download-models
+    """
+    failed = 0
+    for name in names or sorted(MODELS):
+        record = MODELS[name]
+        try:
+            path = model_files.ensure_model_file(record, trust=trust_checkpoint)
+        except MODEL_ERRORS as error:
+            failed += 1
+            click.echo(f"error: {record.title}: {_one_line(error)}", err=True)
+            continue
+        click.echo(f"{record.title}: {path}")
+    if failed:
+        raise click.ClickException(f"{failed} model(s) could not be made available")
+
+
+@pytorch.command("info")
+@verbosity_option(logger=logger)
+def info(**_: object) -> None:
+    """Show where each model is taken from, and the settings that change it.
+
+    Nothing is downloaded.
+
+    \b
+    Example:
+      bob pytorch info
+      bob config set bob.learn.pytorch.extractor.audio.rn_modelpath /path/to/rn34.pth.tar
+    """
+    try:
+        described = model_files.describe_model_files([MODELS[name] for name in sorted(MODELS)])
+        sections = [describe_model(entry) for entry in described]
+        sections.append(describe_settings())
+    except (SettingsError, ValueError) as error:
+        raise click.ClickException(_one_line(error)) from None
+    click.echo("\n\n".join("\n".join(lines) for lines in sections))
+
+
+def describe_model(entry: "model_files.ModelFileInfo") -> List[str]:
+    """The lines ``info`` prints for one model."""
+    record = entry.record
+    state = "present" if entry.exists else "missing: downloaded on first use"
+    flag = "--use-res" if record is RESNET34_VOXCELEB else "default"
+    return [
+        f"{record.title} ({record.name}, {flag})",
+        f"  model file:   {entry.path} [{state}]",
+        f"    from:       {entry.path_source}",
+        f"  download URL: {entry.url}",
+        f"    from:       {entry.url_source}",
+        f"  sha256:       {entry.sha256 or 'not checked (none known for this URL)'}",
+    ]
+
+
+def describe_settings() -> List[str]:
+    """The settings files searched and the values of the package's keys."""
+    lines = ["settings files (searched in this order):"]
+    for path in settings.settings_files():
+        lines.append(f"  {path} ({'present' if path.is_file() else 'absent'})")
+    lines.append("settings (bob config set KEY VALUE):")
+    keys = [key for record in MODELS.values() for key in setting_keys(record)] + [model_files.DOWNLOAD_TIMEOUT_KEY]
+    for key in keys:
+        value = settings.get_setting(key)
+        lines.append(f"  {key} = {value.value!r}  ({value.file})" if value else f"  {key}: not set")
+    return lines
+
+
+def setting_keys(record: PretrainedModel) -> List[str]:
+    """The user settings that concern ``record``: model path, download URL, sha256."""
+    return [record.path_key, record.url_key, model_files.sha256_key(record)]
+
+
+@pytorch.command("demo")
+@model_options
+@click.option(
+    "--output",
+    "-o",
+    "output_dir",
+    default="demo-output",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder for embeddings.h5 and similarity.csv.",
+)
+@verbosity_option(logger=logger)
+def demo(model_file: Optional[str], use_res: bool, device: str, trust_checkpoint: bool, output_dir: str, **_: object):
+    """Embed the recordings shipped with the package and print their cosine similarities.
+
+    The 17 recordings of 6 speakers in bob/learn/pytorch/data/speech are
+    embedded; the similarity matrix is printed with the speaker labels of
+    speakers.csv and written with the embeddings to the output folder.
+
+    \b
+    Example:
+      bob pytorch demo
+      bob pytorch demo --model /path/to/drn34.pth.tar -o /tmp/demo
+    """
+    from . import demo as demo_module
+
+    extractor = load_extractor(model_file, use_res, device, trust_checkpoint)
+    try:
+        report = demo_module.run_demo(extractor, output_dir)
+    except (OSError, ValueError) as error:
+        raise click.ClickException(_one_line(error)) from None
+    click.echo(report)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Run the group as ``bob pytorch`` without the ``bob`` command (``python -m``)."""
+    if not logging.getLogger("bob").handlers:  # bob's command sets up the "bob" logger; do the same
+        clapper.logging.setup("bob")
+    pytorch.main(args=argv, prog_name="bob pytorch")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,373 @@
+"""``bob pytorch``: registration in bob's command, extract-audio, download-models, info and demo."""
+import csv
+import os
+import socket
+import subprocess
+import sys
+from importlib.metadata import distribution
+from pathlib import Path
+
+import h5py
+import numpy
+import pytest
+import scipy.io.wavfile
+import scipy.signal
+from click.testing import CliRunner
+
+from bob.learn.pytorch.script import extract
+from bob.learn.pytorch.script.pytorch import pytorch
+
+from .conftest import SPEECH
+
+DRN_PATH_KEY = "bob.learn.pytorch.extractor.audio.drn_modelpath"
+DRN_URL_KEY = "bob.learn.pytorch.extractor.audio.drn_url"
+GOOD = ["flite_kal_u1.wav", "fest_ked_u2.wav"]
+
+
+def run(*args):
+    """Invoke ``bob pytorch ARGS`` in this process (stdout and stderr kept apart)."""
+    return CliRunner().invoke(pytorch, [str(arg) for arg in args], catch_exceptions=False)
+
+
+def read_wav(path):
+    rate, samples = scipy.io.wavfile.read(path)
+    return rate, samples
+
+
+def hdf5_contents(path):
+    found = {}
+    with h5py.File(path, "r") as hdf5:
+        hdf5.visititems(lambda name, item: found.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
+    return found
+
+
+def write_settings(home: Path, values: dict) -> Path:
+    """Write bob 12's settings file in the isolated home (nested tables, as ``bob config set`` does)."""
+    path = home / ".config" / "bobrc.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tables = {}
+    for key, value in values.items():
+        table, _, name = key.rpartition(".")
+        tables.setdefault(table, []).append(f'{name} = "{value}"')
+    lines = [line for table, entries in tables.items() for line in [f"[{table}]"] + entries]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def unseen_recording(tmp_path):
+    """A recording the package does not ship: 22.05 kHz float32, in a sub-folder."""
+    rate, samples = read_wav(SPEECH / "flite_slt_u2.wav")
+    resampled = scipy.signal.resample(samples.astype(numpy.float64) / 32768, int(len(samples) * 22050 / rate))
+    path = tmp_path / "new" / "talks" / "someone.wav"
+    path.parent.mkdir(parents=True)
+    scipy.io.wavfile.write(path, 22050, resampled.astype(numpy.float32))
+    return path
+
+
+@pytest.fixture
+def bad_inputs(tmp_path):
+    """Four inputs that cannot be embedded, each for its own reason."""
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "junk.wav").write_bytes(b"this is no audio")
+    scipy.io.wavfile.write(folder / "short.wav", 16000, numpy.zeros(5000, numpy.int16))
+    scipy.io.wavfile.write(folder / "stereo.wav", 16000, numpy.ones((16000, 2), numpy.int16))
+    return [folder / "missing.wav", folder / "junk.wav", folder / "short.wav", folder / "stereo.wav"]
+
+
+# -- registration -------------------------------------------------------------------------------
+
+
+def test_bob_command_of_bob12_lists_and_runs_the_group():
+    from bob.cli import bob_main_cli
+
+    listing = CliRunner().invoke(bob_main_cli, ["--help"])
+    assert listing.exit_code == 0
+    assert "pytorch" in listing.output and "could not load plugin" not in listing.output
+    group = CliRunner().invoke(bob_main_cli, ["pytorch", "--help"])
+    assert group.exit_code == 0, group.output
+    for command in ("extract-audio", "download-models", "info", "demo"):
+        assert command in group.output
+
+
+def test_bob_script_runs_the_group_in_a_new_process(tmp_path):
+    script = Path(sys.executable).with_name("bob")
+    if not script.is_file():
+        pytest.skip("no bob script beside this Python")
+    finished = subprocess.run(
+        [str(script), "pytorch", "extract-audio", "--help"],
+        cwd=tmp_path,  # not the work tree: the package must be found through the installation
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert "--chunk-length" in finished.stdout and "--use-res" in finished.stdout
+
+
+def test_entry_points_declare_the_group_and_no_console_script():
+    entry_points = distribution("bob.learn.pytorch").entry_points
+    (plugin,) = [entry for entry in entry_points if entry.group == "bob.cli"]
+    assert (plugin.name, plugin.value) == ("pytorch", "bob.learn.pytorch.script.pytorch:pytorch")
+    assert plugin.load() is pytorch
+    assert not [entry for entry in entry_points if entry.group in ("console_scripts", "gui_scripts")]
+
+
+# -- extract-audio --------------------------------------------------------------------------------
+
+
+def test_extract_audio_hdf5_matches_the_extractor(tmp_path, drn_file, drn_extractor, unseen_recording):
+    output = tmp_path / "out" / "embeddings.h5"
+    inputs = [SPEECH / name for name in GOOD] + [tmp_path / "new"]
+    result = run("extract-audio", *inputs, "-o", output, "--model", drn_file, "--batch-size", 2)
+    assert result.exit_code == 0, result.output
+    assert "wrote 3 embedding rows of 3 recordings" in result.stdout
+    stored = hdf5_contents(output)
+    assert sorted(stored) == ["fest_ked_u2", "flite_kal_u1", "talks/someone"]
+    for name, path in zip(["flite_kal_u1", "fest_ked_u2", "talks/someone"], inputs[:2] + [unseen_recording]):
+        assert stored[name].dtype == numpy.float32 and stored[name].shape == (1, 128)
+        numpy.testing.assert_allclose(stored[name], drn_extractor(read_wav(path)), atol=1e-5, rtol=0)
+    with h5py.File(output, "r") as hdf5:
+        assert hdf5.attrs["model"] == "DltResNet-34"
+        assert hdf5.attrs["model_file"] == os.path.abspath(drn_file)
+        assert hdf5["talks/someone"].attrs["source"] == str(unseen_recording)
+        assert hdf5["talks/someone"].attrs["sample_rate"] == 22050
+    assert not list(output.parent.glob("*.partial"))
+
+
+def test_extract_audio_reads_list_files_relative_to_their_folder(tmp_path, drn_file, drn_extractor):
+    listed = tmp_path / "lists" / "sub"
+    listed.mkdir(parents=True)
+    for name in GOOD:
+        (listed / name).write_bytes((SPEECH / name).read_bytes())
+    list_file = tmp_path / "lists" / "files.lst"
+    list_file.write_text("# my recordings\nsub/flite_kal_u1.wav\n\nsub/fest_ked_u2.wav  # second\n")
+    output = tmp_path / "listed.h5"
+    result = run("extract-audio", list_file, "-o", output, "--model", drn_file, "-q")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    stored = hdf5_contents(output)
+    assert sorted(stored) == ["sub/fest_ked_u2", "sub/flite_kal_u1"]
+    expected = drn_extractor(read_wav(SPEECH / "fest_ked_u2.wav"))
+    numpy.testing.assert_allclose(stored["sub/fest_ked_u2"], expected, atol=1e-5, rtol=0)
+
+
+def test_bad_inputs_get_one_line_each_and_good_outputs_are_kept(tmp_path, drn_file, drn_extractor, bad_inputs):
+    output = tmp_path / "mixed.h5"
+    result = run("extract-audio", SPEECH / GOOD[0], *bad_inputs, "-o", output, "--model", drn_file, "-b", 4)
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == len(bad_inputs) + 1
+    for line, path, words in zip(
+        errors,
+        bad_inputs,
+        ["no such file", "not a readable wav file", "too short", "channel"],
+    ):
+        assert line.startswith(f"error: {path}: ")
+        assert words in line.lower()
+    assert errors[-1] == "Error: 4 of 5 inputs failed (1 written)"
+    stored = hdf5_contents(output)
+    assert list(stored) == ["flite_kal_u1"]
+    numpy.testing.assert_allclose(
+        stored["flite_kal_u1"], drn_extractor(read_wav(SPEECH / GOOD[0])), atol=1e-5, rtol=0
+    )
+
+
+def test_all_inputs_bad_writes_nothing_and_keeps_the_previous_output(tmp_path, drn_file, bad_inputs):
+    output = tmp_path / "previous.h5"
+    output.write_bytes(b"previous run")
+    result = run("extract-audio", *bad_inputs, "-o", output, "--model", drn_file)
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == "Error: 4 of 4 inputs failed (nothing written)"
+    assert output.read_bytes() == b"previous run"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bad", "home", "previous.h5"]
+
+
+def test_chunked_csv_rows_match_extract_embeddings(tmp_path, drn_file, drn_extractor):
+    output = tmp_path / "chunks.csv"
+    result = run("extract-audio", SPEECH / "flite_rms_u3.wav", "-o", output, "--model", drn_file, "-L", 100, "-b", 3)
+    assert result.exit_code == 0, result.output
+    specs = drn_extractor.spectrogram(read_wav(SPEECH / "flite_rms_u3.wav"))
+    expected = drn_extractor.extract_embeddings(drn_extractor.network, specs, 100, batch_size=3)
+    with open(output, newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0][:3] == ["name", "chunk", "e0"] and len(rows[0]) == 130
+    assert [row[:2] for row in rows[1:]] == [["flite_rms_u3", str(i)] for i in range(len(expected))]
+    assert len(expected) == 4  # 347 frames: three chunks of 100 and the 47-frame rest (> min_length=30, >= 37)
+    numpy.testing.assert_allclose(numpy.array([row[2:] for row in rows[1:]], float), expected, atol=1e-5, rtol=0)
+
+
+def test_npy_output_with_its_row_table_and_resnet(tmp_path, rn_file, rn_extractor):
+    output = tmp_path / "rows.npy"
+    inputs = [SPEECH / name for name in GOOD]
+    result = run("extract-audio", *inputs, "-o", output, "--model", rn_file, "--use-res")
+    assert result.exit_code == 0, result.output
+    stored = numpy.load(output)
+    assert stored.shape == (2, 128) and stored.dtype == numpy.float32
+    expected = numpy.vstack([rn_extractor(read_wav(path)) for path in inputs])
+    numpy.testing.assert_allclose(stored, expected, atol=1e-5, rtol=0)
+    with open(tmp_path / "rows.rows.csv", newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert [(row["row"], row["name"], row["chunk"]) for row in table] == [("0", "flite_kal_u1", "0"), ("1", "fest_ked_u2", "0")]
+    assert table[1]["source"] == str(inputs[1])
+
+
+@pytest.mark.parametrize(
+    "arguments, words",
+    [
+        (["-L", "10"], "37 frames"),
+        (["-o", "OUT/out.txt"], "cannot tell the output format"),
+        (["--batch-size", "0"], "batch-size"),
+        (["--device", "no-such-device"], "--device"),
+    ],
+)
+def test_usage_errors_exit_2_naming_the_problem(tmp_path, drn_file, arguments, words):
+    folder = tmp_path / "out"
+    arguments = [argument.replace("OUT", str(folder)) for argument in arguments]
+    output = ["-o", folder / "x.h5"] if "-o" not in arguments else []
+    result = run("extract-audio", SPEECH / GOOD[0], "--model", drn_file, *output, *arguments)
+    assert result.exit_code == 2
+    assert words in result.stderr
+    assert not folder.exists()
+
+
+def test_two_recordings_with_one_name_are_refused_before_any_work(tmp_path, drn_file):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "same.wav").write_bytes((SPEECH / GOOD[0]).read_bytes())
+    result = run("extract-audio", tmp_path / "a" / "same.wav", tmp_path / "b" / "same.wav", "-o", tmp_path / "o.h5")
+    assert result.exit_code == 2
+    assert "both be stored as 'same'" in result.stderr
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_an_output_folder_that_cannot_be_made_stops_before_any_work(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run("extract-audio", SPEECH / GOOD[0], "-o", blocker / "out.h5", "--model", tmp_path / "none")
+    assert result.exit_code == 2  # --model must exist: click checks it first
+    result = run("extract-audio", SPEECH / GOOD[0], "-o", blocker / "out.h5")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"Error: cannot write {blocker / 'out.h5'}: {blocker} is a file, not a folder"
+
+
+def test_a_bad_model_file_stops_with_one_line(tmp_path):
+    model = tmp_path / "model.pth.tar"
+    model.write_bytes(b"not a checkpoint")
+    result = run("extract-audio", SPEECH / GOOD[0], "-o", tmp_path / "o.h5", "--model", model)
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("Error: ") and str(model) in line
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_output_is_replaced_atomically_when_writing_fails(tmp_path, monkeypatch):
+    target = tmp_path / "embeddings.h5"
+    target.write_bytes(b"previous")
+    rows = extract.Embedded(extract.AudioInput("x", tmp_path / "x.wav"), numpy.ones((1, 4), numpy.float32), 16000, 8)
+
+    def fail(results, path, attributes):
+        Path(path).write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(extract, "_write_hdf5", fail)
+    with pytest.raises(OSError, match="disk full"):
+        extract.write_output([rows], target)
+    assert target.read_bytes() == b"previous"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["embeddings.h5", "home"]
+
+
+# -- without a model and without network ---------------------------------------------------------
+
+
+@pytest.fixture
+def unreachable_model(isolated_settings, tmp_path):
+    """Settings sending the DltResNet model to a missing file and its download to a closed local port."""
+    target = tmp_path / "models" / "drn34.pth.tar"
+    write_settings(
+        isolated_settings,
+        {
+            DRN_PATH_KEY: str(target),
+            DRN_URL_KEY: f"http://127.0.0.1:{closed_port()}/drn34.pth.tar",
+            "bob.learn.pytorch.extractor.audio.download_timeout": "5",
+        },
+    )
+    return target
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("command", [["demo", "-o", "demo"], ["download-models", "drn34"]])
+def test_without_model_and_network_the_download_message_ends_the_command(tmp_path, unreachable_model, command):
+    result = run(*command)
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    message = result.stderr.strip().splitlines()[0]
+    assert "could not download the DltResNet-34 model" in message
+    assert f"bob config set {DRN_PATH_KEY}" in message
+    assert not unreachable_model.parent.exists() or not list(unreachable_model.parent.iterdir())
+    assert not (tmp_path / "demo").exists()
+
+
+# -- info and download-models ---------------------------------------------------------------------
+
+
+def test_info_shows_paths_sources_and_keys(isolated_settings, drn_file):
+    settings_file = write_settings(isolated_settings, {DRN_PATH_KEY: str(drn_file)})
+    result = run("info")
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert f"model file:   {drn_file} [present]" in text
+    assert f"from:       setting {DRN_PATH_KEY} in {settings_file}" in text
+    assert f"{DRN_PATH_KEY} = '{drn_file}'  ({settings_file})" in text
+    for key in ("rn_modelpath", "rn_url", "drn_url", "drn_sha256", "download_timeout"):
+        assert f"bob.learn.pytorch.extractor.audio.{key}" in text
+    assert "https://www.idiap.ch/" in text and "package data folder" in text
+
+
+def test_download_models_keeps_a_present_file_without_network(isolated_settings, drn_file):
+    write_settings(isolated_settings, {DRN_PATH_KEY: str(drn_file), DRN_URL_KEY: "http://127.0.0.1:9/never"})
+    before = drn_file.stat().st_mtime_ns
+    result = run("download-models", "drn34")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"DltResNet-34: {drn_file}\n"
+    assert drn_file.stat().st_mtime_ns == before
+
+
+# -- demo -------------------------------------------------------------------------------------------
+
+
+def test_demo_prints_and_writes_the_similarity_matrix(tmp_path, drn_file, drn_extractor):
+    output = tmp_path / "demo"
+    result = run("demo", "--model", drn_file, "-o", output)
+    assert result.exit_code == 0, result.output
+    with open(SPEECH / "speakers.csv", newline="") as handle:
+        speakers = [(row["file"][:-4], row["speaker"]) for row in csv.DictReader(handle)]
+    assert len(speakers) == 17
+    for name, speaker in speakers:
+        assert f"{name:<16} {speaker}" in result.stdout
+    assert "cosine similarity:" in result.stdout and "same speaker" in result.stdout
+    embeddings = hdf5_contents(output / "embeddings.h5")
+    assert sorted(embeddings) == sorted(name for name, _ in speakers)
+    for name, _ in speakers[::7]:  # a few rows against the extractor itself
+        numpy.testing.assert_allclose(
+            embeddings[name], drn_extractor(read_wav(SPEECH / f"{name}.wav")), atol=1e-5, rtol=0
+        )
+    expected = numpy.vstack([embeddings[name] for name, _ in speakers]).astype(float)
+    with open(output / "similarity.csv", newline="") as handle:
+        table = list(csv.reader(handle))
+    assert table[0] == ["file", "speaker"] + [name for name, _ in speakers]
+    assert [tuple(row[:2]) for row in table[1:]] == speakers
+    matrix = numpy.array([row[2:] for row in table[1:]], dtype=float)
+    norms = numpy.linalg.norm(expected, axis=1)
+    numpy.testing.assert_allclose(matrix, expected @ expected.T / numpy.outer(norms, norms), atol=2e-6, rtol=0)
+    numpy.testing.assert_allclose(numpy.diag(matrix), 1.0, atol=2e-6)
