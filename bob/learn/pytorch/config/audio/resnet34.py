@@ -1,0 +1,35 @@
+"""Speaker embeddings of the ResNet-34 trained on VoxCeleb, scored by cosine similarity.
+
+Run it on a database with bob's experiment runner::
+
+    $ bob bio pipeline simple -p resnet34-voxceleb -d my_database.py -o results
+
+(add ``-l local-parallel`` for dask worker processes, ``-c DIR`` to keep the
+embeddings in ``DIR`` and reuse them on the next run). The model file comes
+from ``bob config set bob.learn.pytorch.extractor.audio.rn_modelpath PATH``,
+else the package data folder. Importing this file does not load the network:
+it is loaded on first use, once per process.
+
+The legacy variables (``preprocessor``, ``extractor``,
+``extracted_directory``, ``skip_extraction``) are those the original guide
+told ``verify.py`` users to write: the embedding is computed as the
+preprocessed data and used directly as the feature.
+"""
+import bob.pipelines
+from bob.bio.base.algorithm import Distance
+from bob.bio.base.pipelines import PipelineSimple
+from sklearn.pipeline import make_pipeline
+
+from bob.learn.pytorch.extractor import CallableExtractor, identity
+from bob.learn.pytorch.preprocessor.audio import ResNetExtractor
+from bob.learn.pytorch.transformers import AudioEmbeddingTransformer
+
+# Legacy (verify.py) variables.
+preprocessor = ResNetExtractor()
+extractor = CallableExtractor(identity)
+extracted_directory = "preprocessed"
+skip_extraction = True
+
+# bob bio pipeline simple: the transformer shares the preprocessor (and so its network).
+transformer = make_pipeline(bob.pipelines.wrap(["sample"], AudioEmbeddingTransformer(preprocessor)))
+pipeline = PipelineSimple(transformer, Distance(distance_function="cosine", factor=-1))

@@ -1,0 +1,285 @@
+"""bob databases over a folder of your own recordings.
+
+:func:`recordings_database` writes the CSV protocol files that bob's
+:class:`~bob.bio.base.database.CSVDatabase` reads, for a folder of wav files
+with one speaker per file, and returns the database, ready for
+``bob bio pipeline simple``. The audio of each sample is read with
+``scipy.io.wavfile.read``, i.e. as the ``(rate, samples)`` pair the
+extractors expect (mono 16-bit PCM works best).
+
+Protocol layout written (``<protocol>/<group>/``)::
+
+    for_enrolling.csv   path,subject_id,template_id   (template_id = speaker)
+    for_probing.csv     path,subject_id,template_id   (template_id = path)
+
+``path`` is the file's path relative to the recordings folder, without the
+extension. Each speaker's first ``enroll_per_speaker`` files (in sorted
+order) form the speaker's model; every other file is a probe scored against
+every model.
+"""
+import csv
+import io as _io
+import logging
+import os
+import tempfile
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Union
+
+import scipy.io.wavfile
+from bob.bio.base.database import CSVDatabase, FileSampleLoader
+from sklearn.pipeline import make_pipeline
+
+__all__ = ["read_speakers", "write_csv_protocol", "csv_database", "recordings_database"]
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+Speakers = Union[Mapping, PathLike, None]
+
+COLUMNS = ("path", "subject_id", "template_id")
+
+
+def read_speakers(csv_file: PathLike) -> dict:
+    """Read a ``file,speaker`` table (other columns are ignored).
+
+    Parameters
+    ----------
+    csv_file : str or os.PathLike
+        CSV file with a header naming at least the columns ``file`` (path of
+        the recording relative to the recordings folder, with its extension)
+        and ``speaker``.
+
+    Returns
+    -------
+    dict
+        ``{file: speaker}``.
+
+    Raises
+    ------
+    ValueError
+        If a column is missing or a file is listed twice.
+    """
+    with open(csv_file, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"file", "speaker"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{csv_file} needs the columns 'file' and 'speaker'; missing: {sorted(missing)}")
+        speakers = {}
+        for row in reader:
+            name = Path(row["file"]).as_posix()
+            if name in speakers:
+                raise ValueError(f"{csv_file} lists {name} twice")
+            speakers[name] = row["speaker"]
+    return speakers
+
+
+def _recordings(folder: Path, extension: str) -> list:
+    """Relative posix paths (with extension) of the recordings below ``folder``, sorted."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"recordings folder {folder} does not exist")
+    found = sorted(path.relative_to(folder).as_posix() for path in folder.rglob(f"*{extension}") if path.is_file())
+    if not found:
+        raise ValueError(f"no '*{extension}' files in {folder}; pass extension= for other file names")
+    return found
+
+
+def _speaker_of(files: list, speakers: Speakers, folder: Path) -> dict:
+    """``{file: speaker}`` for every file, from the table or the files' parent folders."""
+    if speakers is None:
+        flat = [name for name in files if "/" not in name]
+        if flat:
+            raise ValueError(
+                f"cannot tell the speaker of {flat[0]} (and {len(flat) - 1} other files) in {folder}: put each "
+                "speaker's files in a subfolder named after the speaker, or pass speakers= (a dict or a "
+                "file,speaker CSV)"
+            )
+        return {name: name.split("/")[-2] for name in files}
+    table = speakers if isinstance(speakers, Mapping) else read_speakers(speakers)
+    table = {Path(name).as_posix(): str(speaker) for name, speaker in table.items()}
+    unknown = [name for name in files if name not in table]
+    if unknown:
+        raise ValueError(
+            f"no speaker given for {len(unknown)} recordings of {folder}, e.g. {unknown[:3]}; the speakers table "
+            "must name every file by its path relative to the recordings folder, with its extension"
+        )
+    absent = sorted(set(table) - set(files))
+    if absent:
+        logger.warning("%d files of the speakers table are not in %s, e.g. %s", len(absent), folder, absent[:3])
+    return {name: table[name] for name in files}
+
+
+def _split(files: list, speaker_of: dict, enroll_per_speaker: int, extension: str) -> tuple:
+    """Enrolment and probe rows ``(path, subject_id, template_id)``."""
+    by_speaker = defaultdict(list)
+    for name in files:
+        by_speaker[speaker_of[name]].append(name[: -len(extension)] if extension else name)
+    enroll, probe = [], []
+    for speaker in sorted(by_speaker):
+        paths = by_speaker[speaker]
+        enroll.extend((path, speaker, speaker) for path in paths[:enroll_per_speaker])
+        probe.extend((path, speaker, path) for path in paths[enroll_per_speaker:])
+    return enroll, probe
+
+
+def _csv_text(rows: list) -> str:
+    buffer = _io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, unless the file already holds it."""
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def write_csv_protocol(
+    recordings: PathLike,
+    protocols: PathLike,
+    speakers: Speakers = None,
+    *,
+    protocol: str = "default",
+    enroll_per_speaker: int = 1,
+    group: str = "dev",
+    extension: str = ".wav",
+) -> Path:
+    """Write ``for_enrolling.csv`` and ``for_probing.csv`` for the recordings of a folder.
+
+    Parameters
+    ----------
+    recordings : str or os.PathLike
+        Folder searched recursively for ``*<extension>`` files.
+    protocols : str or os.PathLike
+        Folder receiving ``<protocol>/<group>/for_enrolling.csv`` and
+        ``for_probing.csv``. Files already holding the same text are left
+        untouched; others are replaced atomically.
+    speakers : dict or str or os.PathLike, optional
+        Speaker of each file: a ``{relative path with extension: speaker}``
+        dict or a CSV file with ``file`` and ``speaker`` columns (see
+        :func:`read_speakers`). By default each file's parent folder names
+        its speaker.
+    protocol : str
+        Name of the protocol folder.
+    enroll_per_speaker : int
+        Files enrolled per speaker (the first ones in sorted order); a
+        speaker with no more files is enrolled only.
+    group : str
+        ``dev`` or ``eval``.
+    extension : str
+        File name ending of the recordings.
+
+    Returns
+    -------
+    pathlib.Path
+        The folder holding the two CSV files.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``recordings`` is not a folder.
+    ValueError
+        If there are no recordings, a recording has no speaker, or no file
+        is left for probing.
+    """
+    if enroll_per_speaker < 1:
+        raise ValueError(f"enroll_per_speaker must be at least 1, got {enroll_per_speaker!r}")
+    if group not in ("dev", "eval"):
+        raise ValueError(f"group must be 'dev' or 'eval', got {group!r}")
+    folder = Path(recordings)
+    files = _recordings(folder, extension)
+    enroll, probe = _split(files, _speaker_of(files, speakers, folder), enroll_per_speaker, extension)
+    if not probe:
+        raise ValueError(
+            f"no recording of {folder} is left for probing with enroll_per_speaker={enroll_per_speaker}; "
+            "lower it or add recordings"
+        )
+    target = Path(protocols) / protocol / group
+    _write_if_changed(target / "for_enrolling.csv", _csv_text(enroll))
+    _write_if_changed(target / "for_probing.csv", _csv_text(probe))
+    logger.info("protocol %s: %d enrolment and %d probe files in %s", protocol, len(enroll), len(probe), target)
+    return target
+
+
+def csv_database(
+    recordings: PathLike,
+    protocols: PathLike,
+    *,
+    protocol: str = "default",
+    name: str = "recordings",
+    extension: str = ".wav",
+) -> CSVDatabase:
+    """A :class:`~bob.bio.base.database.CSVDatabase` over existing protocol files, reading audio as ``(rate, samples)``.
+
+    Parameters
+    ----------
+    recordings : str or os.PathLike
+        Folder the ``path`` column is relative to.
+    protocols : str or os.PathLike
+        Folder holding ``<protocol>/{dev,eval}/for_enrolling.csv`` and
+        ``for_probing.csv``.
+    protocol : str
+        Protocol folder to use.
+    name : str
+        Name of the database in bob's messages.
+    extension : str
+        Appended to ``path`` to find each file.
+    """
+    loader = FileSampleLoader(
+        data_loader=scipy.io.wavfile.read,
+        dataset_original_directory=os.fspath(recordings),
+        extension=extension,
+    )
+    return CSVDatabase(
+        name=name,
+        protocol=protocol,
+        dataset_protocols_path=os.fspath(protocols),
+        transformer=make_pipeline(loader),
+    )
+
+
+def recordings_database(
+    recordings: PathLike,
+    protocols: PathLike,
+    speakers: Speakers = None,
+    *,
+    protocol: str = "default",
+    enroll_per_speaker: int = 1,
+    group: str = "dev",
+    extension: str = ".wav",
+    name: str = "recordings",
+) -> CSVDatabase:
+    """Write the protocol files of a folder of recordings and return its database.
+
+    Combines :func:`write_csv_protocol` and :func:`csv_database` (same
+    arguments). Use it in a database configuration file::
+
+        from bob.learn.pytorch.database import recordings_database
+
+        database = recordings_database("/data/my-recordings", "/data/my-protocols", "/data/speakers.csv")
+
+    and run ``bob bio pipeline simple -p dltresnet34-voxceleb -d that_file.py -o results``.
+    """
+    write_csv_protocol(
+        recordings,
+        protocols,
+        speakers,
+        protocol=protocol,
+        enroll_per_speaker=enroll_per_speaker,
+        group=group,
+        extension=extension,
+    )
+    return csv_database(recordings, protocols, protocol=protocol, name=name, extension=extension)

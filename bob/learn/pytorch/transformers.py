@@ -1,0 +1,244 @@
+"""A scikit-learn transformer that embeds audio samples for bob pipelines.
+
+:class:`AudioEmbeddingTransformer` runs one of the package's extractors
+(:class:`~bob.learn.pytorch.preprocessor.audio.DltResNetExtractor` or
+:class:`~bob.learn.pytorch.preprocessor.audio.ResNetExtractor`) on a list of
+recordings with a single :meth:`embed_many` call. It follows bob's transformer
+contract: the constructor only stores its arguments, nothing needs fitting, the
+network is loaded on first use in the process that embeds, and pickling (dask
+sending the transformer to its workers) leaves the network behind.
+"""
+import logging
+import threading
+from typing import Any, Hashable, Optional, Sequence, Union
+
+import numpy
+from sklearn.base import BaseEstimator, TransformerMixin
+
+from . import io
+from .preprocessor.audio import DltResNetExtractor, ResNetExtractor
+
+__all__ = ["AudioEmbeddingTransformer"]
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# One extractor per model and device in each process, so that the network is
+# loaded once per process however many unpickled copies of the transformer
+# (one per dask task) ask for it.
+_PROCESS_EXTRACTORS: dict = {}
+_PROCESS_LOCK = threading.Lock()
+
+
+def _extractor_key(extractor: DltResNetExtractor) -> Hashable:
+    return (
+        type(extractor),
+        extractor.model_path,
+        extractor.num_classes,
+        extractor.bn_dim,
+        str(extractor.device),
+        extractor.trust_checkpoint,
+    )
+
+
+def _process_extractor(extractor: DltResNetExtractor) -> DltResNetExtractor:
+    """The process-wide extractor equivalent to ``extractor`` (``extractor`` itself the first time).
+
+    Extractors in ``test`` mode carry their random network with them and are
+    returned unchanged.
+    """
+    if extractor.test:
+        return extractor
+    key = _extractor_key(extractor)
+    with _PROCESS_LOCK:
+        return _PROCESS_EXTRACTORS.setdefault(key, extractor)
+
+
+class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
+    """Embed recordings with a DltResNet-34 or ResNet-34 speaker network.
+
+    Without a bob wrapper, ``transform(X)`` takes a list of ``(rate, samples)``
+    pairs (what ``scipy.io.wavfile.read`` returns) and returns one float32
+    ``(1, 128)`` embedding per recording, as the extractor's ``__call__`` does.
+    Wrapped with ``bob.pipelines.wrap(["sample"], ...)``, it reads each
+    sample's ``data``:
+
+    - by default ``data`` must be a ``(rate, samples)`` pair (samples from
+      :func:`bob.learn.pytorch.database.recordings_database`);
+    - with ``rate_attribute="rate"``, ``data`` holds the samples alone and the
+      sample attribute ``rate`` their sampling rate (the bob.bio.spear
+      convention).
+
+    Parameters
+    ----------
+    extractor : DltResNetExtractor, optional
+        The extractor to use; its network is shared with the transformer. By
+        default one is built on first use from ``use_res``, ``model_file`` and
+        ``device``, which must then be left at their defaults when an
+        extractor is given.
+    use_res : bool
+        Build a :class:`ResNetExtractor` instead of a :class:`DltResNetExtractor`.
+    model_file : str or os.PathLike, optional
+        Model file of the built extractor (default: the extractor's own
+        resolution: user setting, then package data folder).
+    device : str, optional
+        Device of the built extractor (default CPU).
+    batch_size : int
+        Recordings of equal length embedded together (see
+        :meth:`DltResNetExtractor.embed_many`).
+    rate_attribute : str, optional
+        Name of the sample attribute holding the sampling rate, when ``data``
+        holds the samples alone.
+
+    Notes
+    -----
+    Each process keeps one extractor per model file, class and device, shared
+    by every copy of the transformer that dask unpickles there, so a worker
+    loads the network once however many tasks it runs.
+
+    Examples
+    --------
+    >>> import numpy
+    >>> from bob.learn.pytorch.preprocessor.audio import DltResNetExtractor
+    >>> transformer = AudioEmbeddingTransformer(DltResNetExtractor(test=True))
+    >>> noise = numpy.random.RandomState(0).randint(-3000, 3000, 16000).astype("int16")
+    >>> embeddings = transformer.transform([(16000, noise), (16000, noise[:8000])])
+    >>> [e.shape for e in embeddings]
+    [(1, 128), (1, 128)]
+
+    Samples carrying a ``rate`` attribute, in a bob pipeline:
+
+    >>> import bob.pipelines
+    >>> sample = bob.pipelines.Sample(noise, rate=16000, key="noise")
+    >>> wrapped = bob.pipelines.wrap(
+    ...     ["sample"], AudioEmbeddingTransformer(DltResNetExtractor(test=True), rate_attribute="rate"))
+    >>> wrapped.transform([sample])[0].data.shape
+    (1, 128)
+    """
+
+    def __init__(
+        self,
+        extractor: Optional[DltResNetExtractor] = None,
+        use_res: bool = False,
+        model_file: Optional[PathLike] = None,
+        device: Optional[str] = None,
+        batch_size: int = 8,
+        rate_attribute: Optional[str] = None,
+    ) -> None:
+        self.extractor = extractor
+        self.use_res = use_res
+        self.model_file = model_file
+        self.device = device
+        self.batch_size = batch_size
+        self.rate_attribute = rate_attribute
+
+    # -- the extractor, resolved on first use -------------------------------------------------
+
+    def _get_extractor(self) -> DltResNetExtractor:
+        extractor = self.__dict__.get("_extractor")
+        if extractor is None:
+            extractor = _process_extractor(self._configured_extractor())
+            self._extractor = extractor
+        return extractor
+
+    def _configured_extractor(self) -> DltResNetExtractor:
+        if self.extractor is None:
+            kind = ResNetExtractor if self.use_res else DltResNetExtractor
+            return kind(self.model_file, device=self.device)
+        if self.use_res or self.model_file is not None or self.device is not None:
+            raise ValueError(
+                "pass either an extractor or use_res/model_file/device to AudioEmbeddingTransformer, not both; "
+                "configure the extractor itself instead"
+            )
+        if not isinstance(self.extractor, DltResNetExtractor):
+            raise TypeError(
+                f"extractor must be a DltResNetExtractor or ResNetExtractor, got {type(self.extractor).__name__}"
+            )
+        return self.extractor
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("_extractor", None)
+        return state
+
+    # -- scikit-learn API ---------------------------------------------------------------------
+
+    def fit(self, X: Any = None, y: Any = None) -> "AudioEmbeddingTransformer":
+        """Nothing to learn; returns ``self``."""
+        return self
+
+    def transform(self, X: Sequence[Any], rate: Optional[Sequence[int]] = None) -> list:
+        """Embed every recording of ``X`` with one :meth:`embed_many` call.
+
+        Parameters
+        ----------
+        X : sequence
+            ``(rate, samples)`` pairs, or sample arrays when ``rate`` is given.
+        rate : sequence of int, optional
+            Sampling rate of each element of ``X`` (bob passes the samples'
+            ``rate_attribute`` here).
+
+        Returns
+        -------
+        list of numpy.ndarray
+            One float32 ``(1, 128)`` embedding per recording.
+
+        Raises
+        ------
+        ValueError
+            If ``rate`` and ``X`` differ in length, or a recording is invalid
+            or too short (see the extractor).
+        """
+        audios = _as_audios(X, rate)
+        if not audios:
+            return []
+        embeddings = self._get_extractor().embed_many(audios, batch_size=self.batch_size)
+        return [row[numpy.newaxis, :] for row in embeddings]
+
+    def write_data(self, data: Any, data_file: PathLike) -> None:
+        """Store one embedding (bob's checkpoints): the extractor's ``write_data``."""
+        if self.extractor is not None:
+            self.extractor.write_data(data, data_file)
+        else:
+            io.write_embedding(data, data_file)
+
+    def read_data(self, data_file: PathLike) -> numpy.ndarray:
+        """Read one stored embedding back: the extractor's ``read_data``."""
+        if self.extractor is not None:
+            return self.extractor.read_data(data_file)
+        return io.read_embedding(data_file)
+
+    def _more_tags(self) -> dict:
+        tags = {
+            "requires_fit": False,
+            "stateless": True,
+            "bob_checkpoint_extension": ".h5",
+            "bob_features_save_fn": self.write_data,
+            "bob_features_load_fn": self.read_data,
+        }
+        if self.rate_attribute is not None:
+            tags["bob_transform_extra_input"] = (("rate", self.rate_attribute),)
+        return tags
+
+    def __sklearn_tags__(self):  # scikit-learn >= 1.6
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = False
+        return tags
+
+
+def _as_audios(X: Sequence[Any], rate: Optional[Sequence[int]]) -> list:
+    """``(rate, samples)`` pairs from ``X`` and the optional rates."""
+    X = list(X)
+    if rate is None:
+        for index, audio in enumerate(X):
+            if not (isinstance(audio, (tuple, list)) and len(audio) == 2):
+                raise TypeError(
+                    f"recording {index} is a {type(audio).__name__}, not a (rate, samples) pair; when the samples "
+                    "carry their rate in an attribute, create the transformer with rate_attribute='rate'"
+                )
+        return X
+    rate = list(rate)
+    if len(rate) != len(X):
+        raise ValueError(f"got {len(X)} recordings but {len(rate)} rates")
+    return [(value, numpy.asarray(samples)) for value, samples in zip(rate, X)]
