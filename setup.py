@@ -21,7 +21,7 @@ setup(
     url="https://gitlab.idiap.ch/bob/bob.learn.pytorch",
     license="BSD-3-Clause",
     author="bob.learn.pytorch developers",
-    python_requires=">=3.9",
+    python_requires=">=3.11",
     packages=find_namespace_packages(include=["bob", "bob.*"]),
     include_package_data=True,
     package_data={

@@ -1,6 +1,6 @@
 """Embedding files: one float64 HDF5 dataset ``feats``, written atomically."""
 import os
-import tempfile
+import uuid
 from typing import Any, Union
 
 import h5py
@@ -19,7 +19,8 @@ def write_embedding(data: Any, path: PathLike) -> None:
 
     The file is written beside the target under a temporary name and renamed
     into place, so a failure leaves any previous file intact and nothing half
-    written. Missing parent folders are created.
+    written. Missing parent folders are created; the file gets the usual
+    permissions (``0o666`` less the umask).
 
     Raises
     ------
@@ -29,18 +30,20 @@ def write_embedding(data: Any, path: PathLike) -> None:
     path = os.fspath(path)
     array = numpy.asarray(data, dtype=numpy.float64)
     folder = os.path.dirname(os.path.abspath(path))
+    temporary = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.partial")
     try:
         os.makedirs(folder, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=folder)
+        hdf5 = h5py.File(temporary, "w-")
     except OSError as error:
-        raise type(error)(error.errno, f"cannot write embeddings to {path}: {error.strerror}", folder) from None
-    os.close(handle)
+        reason = error.strerror or str(error)
+        raise type(error)(error.errno, f"cannot write embeddings to {path}: {reason}", folder) from None
     try:
-        with h5py.File(temporary, "w") as hdf5:
+        with hdf5:
             hdf5.create_dataset(DATASET, data=array)
         os.replace(temporary, path)
     except BaseException:
-        os.unlink(temporary)
+        if os.path.exists(temporary):
+            os.unlink(temporary)
         raise
 
 

@@ -166,3 +166,12 @@ def test_lazy_loading_from_several_threads_loads_once(drn_file, monkeypatch):
         networks = list(pool.map(lambda _: extractor.network, range(8)))
     assert len(loads) == 1
     assert all(network is networks[0] for network in networks)
+
+
+def test_written_files_get_the_usual_permissions(out):
+    previous = os.umask(0o022)
+    try:
+        embedding_io.write_embedding(numpy.zeros((1, 128)), out / "emb.hdf5")
+    finally:
+        os.umask(previous)
+    assert (out / "emb.hdf5").stat().st_mode & 0o777 == 0o644
