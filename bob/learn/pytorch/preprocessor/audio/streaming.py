@@ -1,0 +1,381 @@
+"""One embedding of a long recording in bounded memory.
+
+The whole-utterance embedding (``L=0``) standardises the spectrogram with its
+per-column mean and population standard deviation, runs the network, and pools
+the frame features with their mean and unbiased standard deviation over time.
+Everything before the pooling is local in time, so the same numbers can be
+computed block by block:
+
+1. a first pass computes the spectrogram in blocks and merges their column
+   statistics (float64, Chan et al.'s pairwise update), so the spectrogram is
+   never held whole;
+2. a second pass recomputes each block of spectrogram with enough context on
+   both sides (:data:`HALO_STEPS` output steps, more than the network's
+   receptive field), standardises it with the global statistics, runs
+   ``forward_frames`` and keeps only the output steps whose receptive field lies
+   inside the block; blocks start on multiples of the network's time stride
+   (:data:`TIME_STRIDE` frames) so that they sample the same grid as the whole
+   input, and the last block ends with the recording, so the edges see the
+   same zero padding;
+3. the kept frame features are merged into running float64 mean and variance,
+   which give the pooled ``[mean, std]`` vector for the embedding layer.
+
+Memory is then bounded by the block size, not the recording's length.
+"""
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Tuple
+
+import numpy
+import torch
+
+from ...architectures.utils import l2_normalize
+from .embedding import CHUNK_EPSILON, check_specs
+from .frontend import (
+    INT16_SCALE,
+    TARGET_RATE,
+    check_finite,
+    check_magnitude,
+    check_rate,
+    frame_geometry,
+    mono_samples,
+    prepare_signal,
+    spectrogram,
+)
+
+__all__ = [
+    "TIME_STRIDE",
+    "HALO_STEPS",
+    "BLOCK_STEPS",
+    "STREAMING_MIN_FRAMES",
+    "output_steps",
+    "plan_blocks",
+    "RunningMoments",
+    "SpectrogramArray",
+    "SignalSpectrogram",
+    "signal_source",
+    "column_statistics",
+    "pooled_statistics",
+    "embed_long",
+]
+
+#: Frames of input per output step of ``forward_frames`` (five halvings).
+TIME_STRIDE = 32
+#: Output steps of context computed on each side of a block and thrown away.
+#: The receptive field of DltResNet-34 reaches about 560 frames (17.4 steps)
+#: to each side; ResNet-34's is smaller.
+HALO_STEPS = 20
+#: Output steps kept per block (384 steps = 12288 frames, about 2 minutes).
+BLOCK_STEPS = 384
+#: Whole-utterance embeddings of at least this many frames (about 2.7 min) are
+#: computed block by block.
+STREAMING_MIN_FRAMES = 16384
+#: Frames of spectrogram per block in the statistics pass.
+STATISTICS_BLOCK_FRAMES = 8192
+
+
+def output_steps(n_frames: int) -> int:
+    """Number of time steps ``forward_frames`` returns for ``n_frames`` input frames.
+
+    >>> output_steps(300)
+    10
+    """
+    t1 = (n_frames - 1) // 2 + 1
+    t2 = (t1 - 3) // 2 + 1
+    t3 = (t2 - 1) // 2 + 1
+    t4 = (t3 - 1) // 2 + 1
+    return (t4 - 1) // 2 + 1
+
+
+@dataclass(frozen=True)
+class Block:
+    """Input frames ``[start, stop)`` to run and output steps ``[keep_start, keep_stop)`` to keep."""
+
+    start: int
+    stop: int
+    keep_start: int
+    keep_stop: int
+
+    @property
+    def first_step(self) -> int:
+        """Global index of the block's first output step."""
+        return self.start // TIME_STRIDE
+
+
+def plan_blocks(n_frames: int, block_steps: int = BLOCK_STEPS, halo_steps: int = HALO_STEPS) -> List[Block]:
+    """Cut ``n_frames`` input frames into overlapping blocks covering every output step once.
+
+    >>> [(b.start, b.stop, b.keep_start, b.keep_stop) for b in plan_blocks(3000, 40, 20)]
+    [(0, 1920, 0, 40), (640, 3000, 40, 80), (1920, 3000, 80, 94)]
+    """
+    if block_steps < 1 or halo_steps < 0:
+        raise ValueError(f"block_steps must be positive and halo_steps non-negative, got {block_steps}, {halo_steps}")
+    total = output_steps(n_frames)
+    blocks = []
+    for keep_start in range(0, total, block_steps):
+        keep_stop = min(keep_start + block_steps, total)
+        start = max(0, keep_start - halo_steps) * TIME_STRIDE
+        stop = n_frames if keep_stop == total else min(n_frames, (keep_stop + halo_steps) * TIME_STRIDE)
+        blocks.append(Block(start, stop, keep_start, keep_stop))
+    return blocks
+
+
+class RunningMoments:
+    """Column-wise mean and sum of squared deviations, merged block by block in float64."""
+
+    def __init__(self, width: int) -> None:
+        self.count = 0
+        self.mean = numpy.zeros(width, dtype=numpy.float64)
+        self.m2 = numpy.zeros(width, dtype=numpy.float64)
+
+    def update(self, rows: numpy.ndarray) -> None:
+        """Add the rows of a ``(n, width)`` block."""
+        rows = numpy.asarray(rows, dtype=numpy.float64)
+        n = rows.shape[0]
+        if n == 0:
+            return
+        block_mean = rows.mean(axis=0)
+        block_m2 = numpy.square(rows - block_mean).sum(axis=0)
+        total = self.count + n
+        delta = block_mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + block_m2 + numpy.square(delta) * (self.count * n / total)
+        self.count = total
+
+    def std(self, ddof: int = 0) -> numpy.ndarray:
+        """Standard deviation with ``ddof`` degrees of freedom removed (NaN if too few rows)."""
+        if self.count - ddof <= 0:
+            return numpy.full_like(self.mean, numpy.nan)
+        return numpy.sqrt(self.m2 / (self.count - ddof))
+
+
+class SpectrogramArray:
+    """Frame source over a spectrogram already in memory."""
+
+    def __init__(self, specs: Any) -> None:
+        self.specs = check_specs(specs)
+        self.n_frames = self.specs.shape[0]
+        self.width = self.specs.shape[1]
+
+    def frames(self, start: int, stop: int) -> numpy.ndarray:
+        """Rows ``[start, stop)`` of the spectrogram."""
+        return self.specs[start:stop]
+
+
+class SignalSpectrogram:
+    """Frame source computing the extractors' spectrogram of a signal on demand.
+
+    Parameters
+    ----------
+    samples : numpy.ndarray
+        1-D signal at 16 kHz, of any numeric dtype; it is not copied.
+    scale : float
+        Factor applied to the samples after conversion to float64 (the
+        original's ``2**15`` rule for signals with a peak below 1).
+    win_length_ms, win_shift_ms, pre_emphasis_coeff : float
+        Spectrogram settings (those of the model).
+    """
+
+    def __init__(
+        self,
+        samples: numpy.ndarray,
+        scale: float = 1.0,
+        win_length_ms: float = 25.0,
+        win_shift_ms: float = 10.0,
+        pre_emphasis_coeff: float = 0.97,
+    ) -> None:
+        self.samples = samples
+        self.scale = float(scale)
+        self.settings = (win_length_ms, win_shift_ms, pre_emphasis_coeff)
+        self.win_length, self.win_shift, fft_size = frame_geometry(TARGET_RATE, win_length_ms, win_shift_ms)
+        self.width = fft_size // 2 + 1
+        self.n_samples = len(samples)
+        too_short = self.n_samples < self.win_length
+        self.n_frames = 0 if too_short else 1 + (self.n_samples - self.win_length) // self.win_shift
+
+    def signal(self, start: int, stop: int) -> numpy.ndarray:
+        """Samples ``[start, stop)`` as float64, scaled."""
+        block = self.samples[start:stop].astype(numpy.float64)
+        if self.scale != 1.0:
+            block *= self.scale
+        return block
+
+    def frames(self, start: int, stop: int) -> numpy.ndarray:
+        """Spectrogram rows ``[start, stop)``, equal to those of the whole signal's spectrogram.
+
+        The frame before ``start`` is computed too and dropped: its last
+        mean-removed sample is carried into the pre-emphasis of frame ``start``.
+        """
+        if not 0 <= start < stop <= self.n_frames:
+            raise ValueError(f"frames [{start}, {stop}) outside the {self.n_frames} frames of the signal")
+        first = max(start - 1, 0)
+        segment = self.signal(first * self.win_shift, (stop - 1) * self.win_shift + self.win_length)
+        win_length_ms, win_shift_ms, pre_emphasis_coeff = self.settings
+        rows = spectrogram(segment, TARGET_RATE, win_length_ms, win_shift_ms, pre_emphasis_coeff, True)
+        return rows[start - first :]
+
+
+def signal_source(
+    audio: Any,
+    win_length_ms: float = 25.0,
+    win_shift_ms: float = 10.0,
+    pre_emphasis_coeff: float = 0.97,
+    block_samples: int = 1 << 20,
+) -> SignalSpectrogram:
+    """Validate ``(rate, samples)`` and wrap it as a frame source, without copying 16 kHz input.
+
+    The checks and the ``2**15`` rule are those of
+    :func:`~bob.learn.pytorch.preprocessor.audio.frontend.prepare_signal`, done
+    block by block. Other rates are resampled whole (FFT resampling needs the
+    whole signal), which takes memory proportional to the length.
+
+    Parameters
+    ----------
+    audio : tuple
+        ``(rate, samples)``, mono, integer or float samples.
+    win_length_ms, win_shift_ms, pre_emphasis_coeff : float
+        Spectrogram settings (those of the model).
+    block_samples : int
+        Samples checked at a time.
+
+    Returns
+    -------
+    SignalSpectrogram
+        The frame source; its ``n_samples`` and ``n_frames`` give the length.
+
+    Raises
+    ------
+    TypeError
+        If ``audio`` is not a ``(rate, samples)`` pair of numbers.
+    ValueError
+        If the rate is invalid or the samples are empty, multi-channel, not
+        finite or absurdly large.
+    """
+    if isinstance(audio, (str, bytes, Mapping)) or not hasattr(audio, "__getitem__") or not hasattr(audio, "__len__"):
+        raise TypeError(f"audio must be a (rate, samples) pair, got {type(audio).__name__}")
+    if len(audio) != 2:
+        raise TypeError(f"audio must be a (rate, samples) pair, got a sequence of length {len(audio)}")
+    rate = check_rate(audio[0])
+    settings = (win_length_ms, win_shift_ms, pre_emphasis_coeff)
+    if rate != TARGET_RATE:
+        return SignalSpectrogram(prepare_signal(audio), 1.0, *settings)
+    samples = mono_samples(audio[1])
+    peak = 0.0
+    for start in range(0, len(samples), block_samples):
+        block = samples[start : start + block_samples]
+        check_finite(block)
+        peak = max(peak, float(numpy.max(numpy.abs(block.astype(numpy.float64)))))
+    check_magnitude(peak)
+    return SignalSpectrogram(samples, INT16_SCALE if peak < 1 else 1.0, *settings)
+
+
+def column_statistics(source: Any, block_frames: int = STATISTICS_BLOCK_FRAMES) -> Tuple[numpy.ndarray, numpy.ndarray]:
+    """Per-column mean and population standard deviation of a frame source, in float64.
+
+    Parameters
+    ----------
+    source : SpectrogramArray or SignalSpectrogram
+        Frames to summarise, read ``block_frames`` at a time.
+    block_frames : int
+        Frames per block.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(mean, std)``, each of shape ``(F,)``, as ``specs.mean(0)`` and ``specs.std(0)``.
+    """
+    moments = RunningMoments(source.width)
+    for start in range(0, source.n_frames, block_frames):
+        moments.update(source.frames(start, min(start + block_frames, source.n_frames)))
+    return moments.mean, moments.std(ddof=0)
+
+
+def pooled_statistics(
+    frames_runner: Callable[[torch.Tensor], torch.Tensor],
+    source: Any,
+    mean: numpy.ndarray,
+    std: numpy.ndarray,
+    device: Any = "cpu",
+    block_steps: Optional[int] = None,
+    halo_steps: Optional[int] = None,
+) -> RunningMoments:
+    """Run ``frames_runner`` block by block over the standardised source; merge the frame features.
+
+    Parameters
+    ----------
+    frames_runner : callable
+        ``network.forward_frames`` or an optimised equivalent.
+    source : SpectrogramArray or SignalSpectrogram
+        The frames to embed.
+    mean, std : numpy.ndarray
+        Column statistics of the whole source (:func:`column_statistics`).
+    device : str or torch.device
+        Where the network runs.
+    block_steps, halo_steps : int, optional
+        Output steps kept per block and computed on each side for context
+        (:data:`BLOCK_STEPS` and :data:`HALO_STEPS` by default).
+
+    Returns
+    -------
+    RunningMoments
+        Count, mean and sum of squared deviations of the ``(T5, C)`` frame features.
+    """
+    block_steps = BLOCK_STEPS if block_steps is None else block_steps
+    halo_steps = HALO_STEPS if halo_steps is None else halo_steps
+    moments: Optional[RunningMoments] = None
+    denominator = std + CHUNK_EPSILON
+    for block in plan_blocks(source.n_frames, block_steps, halo_steps):
+        standardized = ((source.frames(block.start, block.stop) - mean) / denominator).astype(numpy.float32)
+        tensor = torch.from_numpy(standardized)[None, None].to(device)
+        features = frames_runner(tensor)[0, :, :, 0]
+        first = block.keep_start - block.first_step
+        kept = features[:, first : first + block.keep_stop - block.keep_start]
+        if kept.shape[1] != block.keep_stop - block.keep_start:
+            raise RuntimeError(f"block {block} returned {features.shape[1]} steps, fewer than planned")
+        rows = kept.T.double().cpu().numpy()
+        if moments is None:
+            moments = RunningMoments(rows.shape[1])
+        moments.update(rows)
+    return moments
+
+
+def embed_long(
+    network: torch.nn.Module,
+    frames_runner: Callable[[torch.Tensor], torch.Tensor],
+    source: Any,
+    device: Any = "cpu",
+    block_steps: Optional[int] = None,
+    halo_steps: Optional[int] = None,
+) -> numpy.ndarray:
+    """The whole-utterance embedding of ``source``, computed block by block.
+
+    Parameters
+    ----------
+    network : SpeakerEmbeddingNet
+        Eval-mode network in ``emb`` mode (its ``em`` layer is used).
+    frames_runner : callable
+        ``network.forward_frames`` or an optimised equivalent.
+    source : SpectrogramArray or SignalSpectrogram
+        The frames to embed (at least 37 of them).
+    device : str or torch.device
+        Where the network runs.
+    block_steps, halo_steps : int, optional
+        Output steps kept per block, and computed on each side for context
+        (:data:`BLOCK_STEPS` and :data:`HALO_STEPS` by default).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(1, D)`` embedding, equal to the whole-utterance computation
+        within float32 rounding.
+    """
+    if output_steps(source.n_frames) < 2:
+        raise ValueError(f"{source.n_frames} frames are too few for an embedding (at least 37 are needed)")
+    mean, std = column_statistics(source)
+    with torch.inference_mode():
+        moments = pooled_statistics(frames_runner, source, mean, std, device, block_steps, halo_steps)
+        pooled = numpy.concatenate([moments.mean, moments.std(ddof=1)]).astype(numpy.float32)
+        vector = torch.from_numpy(pooled)[None].to(device)
+        embedding = l2_normalize(network.em(vector))
+    return embedding.float().cpu().numpy()
+

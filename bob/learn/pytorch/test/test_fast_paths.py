@@ -1,0 +1,390 @@
+"""The fast paths give the numbers of the plain computation: optimised runner, batch API, long files.
+
+Reference computations here are the eager network through
+:func:`~bob.learn.pytorch.preprocessor.audio.embedding.embed_spectrogram`
+(itself checked against the original by the golden tests). Tolerance: embeddings
+atol=1e-5, rtol=0 (FACTS.md §11). No timings are tested.
+"""
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import numpy
+import pytest
+import scipy.io.wavfile
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bob.learn.pytorch.preprocessor.audio import DltResNet as extractor_module
+from bob.learn.pytorch.preprocessor.audio import DltResNetExtractor, ResNetExtractor, streaming
+from bob.learn.pytorch.preprocessor.audio.embedding import embed_spectrogram
+from bob.learn.pytorch.preprocessor.audio.fast import RUNNER_FRAMES_RTOL, FastForward, embedding_head
+from bob.learn.pytorch.preprocessor.audio.frontend import prepare_signal, spectrogram
+
+from .conftest import REPO, SPEECH
+
+ATOL = 1e-5
+CLASSES = {"drn": DltResNetExtractor, "rn": ResNetExtractor}
+
+
+def speech(name):
+    rate, samples = scipy.io.wavfile.read(SPEECH / f"{name}.wav")
+    return rate, samples
+
+
+def long_signal():
+    """About 26 s of int16 speech (2573 frames): the bundled recordings end to end."""
+    names = sorted(path.stem for path in SPEECH.glob("*.wav"))[:9]
+    return numpy.concatenate([speech(name)[1] for name in names])
+
+
+def whole_spectrogram(audio):
+    return spectrogram(prepare_signal(audio), 16000)
+
+
+def eager_embedding(network, specs, L=0, batch_size=1, min_length=30):
+    return embed_spectrogram(network, specs, L, batch_size, min_length)
+
+
+@pytest.fixture(params=["drn", "rn"])
+def fresh_extractor(request, drn_file, rn_file):
+    """A new extractor per test (the tests change its state)."""
+    path = drn_file if request.param == "drn" else rn_file
+    return CLASSES[request.param](str(path))
+
+
+# -- optimised runner -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("net", ["drn", "rn"])
+@pytest.mark.parametrize("shape", [(1, 1, 37, 257), (3, 1, 298, 257), (1, 1, 1001, 257)])
+def test_optimised_runner_matches_eager_network(extractors, net, shape):
+    network = extractors[net].network
+    runner = extractors[net]._fast.frames(network)
+    assert isinstance(runner, torch.jit.ScriptModule), "the CPU fast path should be the frozen TorchScript graph"
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)))
+    with torch.inference_mode():
+        fast, eager = runner(x), network.forward_frames(x)
+        assert fast.shape == eager.shape
+        assert float((fast - eager).abs().max()) <= RUNNER_FRAMES_RTOL * float(eager.abs().max())
+        numpy.testing.assert_allclose(embedding_head(network, fast), network(x), rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("net", ["drn", "rn"])
+def test_call_matches_eager_computation(extractors, net):
+    audio = speech("flite_awb_u1")
+    extractor = extractors[net]
+    expected = eager_embedding(extractor.network, whole_spectrogram(audio))
+    numpy.testing.assert_allclose(extractor(audio), expected, rtol=0, atol=ATOL)
+
+
+def test_changed_weights_rebuild_the_runner(fresh_extractor):
+    audio = speech("flite_kal_u1")
+    before = fresh_extractor(audio)
+    network = fresh_extractor.network
+    with torch.no_grad():
+        network.conv5.weight.mul_(1.5)
+        network.layer1[0].bn1.running_var.add_(0.5)
+    after = fresh_extractor(audio)
+    assert numpy.max(numpy.abs(after - before)) > 1e-3
+    numpy.testing.assert_allclose(after, eager_embedding(network, whole_spectrogram(audio)), rtol=0, atol=ATOL)
+
+
+def test_replaced_submodules_and_train_mode_submodules_are_seen(drn_file):
+    extractor = DltResNetExtractor(str(drn_file))
+    audio = speech("flite_kal_u2")
+    before = extractor(audio)
+    network = extractor.network
+    replacement = torch.nn.Conv2d(256, 256, kernel_size=3, padding=1, bias=False)
+    with torch.no_grad():
+        replacement.weight.copy_(network.layer3[5].conv2.weight * 0.5)
+    network.layer3[5].conv2 = replacement.eval()
+    after = extractor(audio)
+    assert numpy.max(numpy.abs(after - before)) > 1e-3
+    numpy.testing.assert_allclose(after, eager_embedding(network, whole_spectrogram(audio)), rtol=0, atol=ATOL)
+    network.layer2[0].bn1.train()
+    assert extractor._fast.embed(network) is network
+
+
+def test_train_mode_network_runs_exactly_as_given(drn_file):
+    extractor = DltResNetExtractor(str(drn_file))
+    network = extractor.network.train()
+    specs = whole_spectrogram(speech("fest_ked_u1"))
+    result = extractor.extract_embeddings(network, specs, 100, batch_size=2)
+    numpy.testing.assert_array_equal(result, eager_embedding(network, specs, 100, 2))
+    assert extractor._fast.embed(network) is network
+
+
+@pytest.mark.parametrize("cls", [DltResNetExtractor, ResNetExtractor])
+def test_test_mode_network_runs_exactly_as_given(cls):
+    torch.manual_seed(3)
+    extractor = cls(test=True)
+    audio = speech("flite_rms_u2")
+    result = extractor(audio)
+    numpy.testing.assert_array_equal(result, eager_embedding(extractor.network, whole_spectrogram(audio)))
+
+
+def test_other_models_are_used_as_given(drn_extractor, drn_file):
+    other = DltResNetExtractor(str(drn_file)).network
+    with torch.no_grad():
+        other.bn5.bias.add_(0.1)
+    specs = whole_spectrogram(speech("flite_slt_u1"))
+    calls = []
+
+    def model(batch):
+        calls.append(tuple(batch.shape))
+        return other(batch)
+
+    result = drn_extractor.extract_embeddings(model, specs, 150, batch_size=2)
+    numpy.testing.assert_array_equal(result, eager_embedding(other, specs, 150, 2))
+    assert calls and all(shape[1:] == (1, 150, 257) for shape in calls[:-1])
+    own = drn_extractor.extract_embeddings(drn_extractor.network, specs, 150, batch_size=2)
+    assert numpy.max(numpy.abs(own - result)) > 1e-3
+
+
+def test_pickled_extractor_rebuilds_its_fast_path(drn_extractor):
+    audio = speech("librivox_0880")
+    expected = drn_extractor(audio)
+    clone = pickle.loads(pickle.dumps(drn_extractor))
+    assert clone._network is None
+    numpy.testing.assert_allclose(clone(audio), expected, rtol=0, atol=ATOL)
+
+
+def test_fast_forward_falls_back_for_non_embedding_modes(drn_file):
+    network = DltResNetExtractor(str(drn_file)).network
+    network.net_type = "prefc"
+    fast = FastForward()
+    assert fast.embed(network) is network
+    assert fast.frames(network) == network.forward_frames
+
+
+# -- batch API --------------------------------------------------------------------------------------
+
+
+def batch_inputs():
+    """Three utterances of equal length, others of different lengths, rates and sample types."""
+    cropped = [(16000, speech(name)[1][:40000]) for name in ("fest_ked_u1", "flite_awb_u1", "flite_kal_u1")]
+    rate, samples = speech("flite_slt_u2")
+    as_float = (rate, (samples / 32768.0).astype(numpy.float32))
+    at_8k = (8000, speech("flite_rms_u1")[1][::2].copy())
+    return [cropped[0], speech("librivox_0930"), cropped[1], as_float, at_8k, cropped[2], speech("flite_rms_u3")]
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 8])
+def test_embed_many_equals_one_by_one(extractors, batch_size):
+    audios = batch_inputs()
+    for extractor in extractors.values():
+        one_by_one = numpy.vstack([extractor(audio) for audio in audios])
+        result = extractor.embed_many(audios, batch_size=batch_size)
+        assert result.shape == (len(audios), 128) and result.dtype == numpy.float32
+        numpy.testing.assert_allclose(result, one_by_one, rtol=0, atol=ATOL)
+
+
+def test_embed_many_batches_equal_lengths_without_padding(drn_file, monkeypatch):
+    extractor = DltResNetExtractor(str(drn_file))
+    shapes = []
+    original = extractor._fast.embed
+
+    def recording_embed(network):
+        forward = original(network)
+
+        def run(batch):
+            shapes.append(tuple(batch.shape))
+            return forward(batch)
+
+        return run
+
+    monkeypatch.setattr(extractor._fast, "embed", recording_embed)
+    extractor.embed_many(batch_inputs(), batch_size=2)
+    equal = [shape for shape in shapes if shape[2] == 1 + (40000 - 400) // 160]
+    assert sorted(shape[0] for shape in equal) == [1, 2]
+    assert len(shapes) == 6
+    assert all(shape[1] == 1 and shape[3] == 257 for shape in shapes)
+
+
+def test_embed_many_in_train_mode_equals_one_by_one_exactly():
+    torch.manual_seed(5)
+    extractor = DltResNetExtractor(test=True)
+    audios = batch_inputs()
+    expected = numpy.vstack([extractor(audio) for audio in audios])
+    numpy.testing.assert_array_equal(extractor.embed_many(audios, batch_size=8), expected)
+
+
+def test_embed_many_edge_cases(drn_extractor):
+    assert drn_extractor.embed_many([]).shape == (0, 128)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        drn_extractor.embed_many([speech("fest_ked_u1")], batch_size=0)
+    for length in (5000, 100):
+        short = (16000, numpy.ones(length, dtype=numpy.int16))
+        with pytest.raises(ValueError, match=r"audios\[1\]: audio too short"):
+            drn_extractor.embed_many([speech("fest_ked_u1"), short])
+    with pytest.raises(TypeError, match=r"audios\[0\]: audio must be a \(rate, samples\) pair"):
+        drn_extractor.embed_many(["missing.wav"])
+
+
+# -- long files -------------------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(n_frames=st.integers(37, 40000), block_steps=st.integers(1, 60), halo_steps=st.integers(0, 30))
+def test_block_plan_covers_every_output_step_once(n_frames, block_steps, halo_steps):
+    blocks = streaming.plan_blocks(n_frames, block_steps, halo_steps)
+    assert blocks[0].keep_start == 0 and blocks[-1].keep_stop == streaming.output_steps(n_frames)
+    for block, following in zip(blocks, blocks[1:]):
+        assert block.keep_stop == following.keep_start
+    for block in blocks:
+        assert block.start % streaming.TIME_STRIDE == 0
+        computed = streaming.output_steps(block.stop - block.start)
+        assert block.first_step <= block.keep_start < block.keep_stop <= block.first_step + computed
+        assert block.keep_start - block.first_step >= min(halo_steps, block.keep_start)
+    assert blocks[-1].stop == n_frames
+
+
+def test_output_steps_follow_the_network(drn_extractor):
+    network = drn_extractor.network
+    with torch.inference_mode():
+        for n_frames in (37, 64, 65, 300, 511, 1000):
+            features = network.forward_frames(torch.zeros(1, 1, n_frames, 257))
+            assert features.shape[2] == streaming.output_steps(n_frames)
+
+
+@pytest.mark.parametrize(
+    "audio",
+    [
+        (16000, long_signal()),
+        (16000, (long_signal() / 32768.0).astype(numpy.float32)),
+        (8000, long_signal()[::2].copy()),
+    ],
+    ids=["int16", "float32", "8k"],
+)
+def test_signal_source_frames_equal_the_whole_spectrogram(audio):
+    whole = whole_spectrogram(audio)
+    source = streaming.signal_source(audio)
+    assert source.n_frames == len(whole)
+    scale = numpy.abs(whole).max()
+    for start, stop in [(0, 1), (0, 300), (1, 2), (299, 1000), (1000, len(whole))]:
+        assert numpy.max(numpy.abs(source.frames(start, stop) - whole[start:stop])) <= 1e-12 * scale
+    with pytest.raises(ValueError, match="outside the"):
+        source.frames(0, len(whole) + 1)
+
+
+def test_signal_source_checks_like_prepare_signal():
+    with pytest.raises(ValueError, match="1 NaN or infinite sample"):
+        streaming.signal_source((16000, numpy.array([0.0, numpy.nan] + [0.1] * 10000)))
+    with pytest.raises(ValueError, match="must be mono"):
+        streaming.signal_source((16000, numpy.zeros((1000, 2))))
+    with pytest.raises(TypeError, match="integers or floats"):
+        streaming.signal_source((16000, numpy.array(["a"] * 1000)))
+    with pytest.raises(ValueError, match="audio samples reach 1e.*not an audio signal"):
+        streaming.signal_source((16000, numpy.full(16000, 1e300)))
+    with pytest.raises(ValueError, match="outside"):
+        streaming.signal_source((100, numpy.zeros(16000)))
+
+
+def test_column_statistics_equal_numpy():
+    specs = whole_spectrogram((16000, long_signal()))
+    mean, std = streaming.column_statistics(streaming.SpectrogramArray(specs), block_frames=333)
+    numpy.testing.assert_allclose(mean, specs.mean(axis=0), rtol=1e-12)
+    numpy.testing.assert_allclose(std, specs.std(axis=0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("net", ["drn", "rn"])
+@pytest.mark.parametrize("optimised", [True, False], ids=["optimised", "eager"])
+def test_block_embedding_equals_whole_utterance(extractors, net, optimised):
+    extractor = extractors[net]
+    network = extractor.network
+    audio = (16000, long_signal())
+    expected = eager_embedding(network, whole_spectrogram(audio))
+    runner = extractor._fast.frames(network) if optimised else network.forward_frames
+    source = streaming.signal_source(audio)
+    result = streaming.embed_long(network, runner, source, block_steps=16)
+    assert len(streaming.plan_blocks(source.n_frames, 16)) == 6
+    assert result.shape == (1, 128) and result.dtype == numpy.float32
+    numpy.testing.assert_allclose(result, expected, rtol=0, atol=ATOL)
+
+
+def test_too_little_context_is_detected(drn_extractor):
+    """The comparison above can fail: blocks without enough context change the embedding."""
+    network = drn_extractor.network
+    specs = whole_spectrogram((16000, long_signal()))
+    expected = eager_embedding(network, specs)
+    source = streaming.SpectrogramArray(specs)
+    result = streaming.embed_long(network, network.forward_frames, source, block_steps=8, halo_steps=2)
+    assert numpy.max(numpy.abs(result - expected)) > ATOL
+
+
+def spy_on_embed_long(monkeypatch):
+    calls = []
+    original = extractor_module.embed_long
+
+    def spy(*args, **kwargs):
+        calls.append(args[2].n_frames)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(extractor_module, "embed_long", spy)
+    return calls
+
+
+def test_long_inputs_are_embedded_block_by_block(fresh_extractor, monkeypatch):
+    audio = (16000, long_signal())
+    expected = fresh_extractor(audio)
+    calls = spy_on_embed_long(monkeypatch)
+    monkeypatch.setattr(streaming, "BLOCK_STEPS", 16)
+    fresh_extractor.streaming_min_frames = 2000
+    numpy.testing.assert_allclose(fresh_extractor(audio), expected, rtol=0, atol=ATOL)
+    specs = whole_spectrogram(audio)
+    numpy.testing.assert_allclose(
+        fresh_extractor.extract_embeddings(fresh_extractor.network, specs, 0), expected, rtol=0, atol=ATOL
+    )
+    numpy.testing.assert_allclose(fresh_extractor.embed_many([audio])[0:1], expected, rtol=0, atol=ATOL)
+    assert calls == [len(specs)] * 3
+
+
+def test_chunked_extraction_never_streams(drn_file, monkeypatch):
+    extractor = DltResNetExtractor(str(drn_file))
+    extractor.streaming_min_frames = 100
+    calls = spy_on_embed_long(monkeypatch)
+    specs = whole_spectrogram((16000, long_signal()))
+    result = extractor.extract_embeddings(extractor.network, specs, 300, batch_size=3, min_length=30)
+    numpy.testing.assert_allclose(result, eager_embedding(extractor.network, specs, 300, 3), rtol=0, atol=ATOL)
+    assert result.shape == (9, 128)
+    assert calls == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the peak memory from /proc/self/status")
+def test_ten_minutes_embedded_in_bounded_memory(drn_file):
+    """10 minutes of audio: the whole-utterance computation peaks about 1 GB higher, block by block far less.
+
+    The peak is the kernel's VmHWM, which starts afresh in the subprocess
+    (``ru_maxrss`` would carry over the peak of the test process itself).
+    """
+    script = textwrap.dedent(
+        f"""
+        import numpy
+
+        def peak_mb():
+            with open("/proc/self/status") as status:
+                return next(int(line.split()[1]) // 1024 for line in status if line.startswith("VmHWM:"))
+
+        from bob.learn.pytorch.preprocessor.audio import DltResNetExtractor
+        extractor = DltResNetExtractor({str(drn_file)!r})
+        extractor((16000, numpy.ones(16000, dtype=numpy.int16)))
+        samples = numpy.empty(16000 * 600, dtype=numpy.int16)
+        rng = numpy.random.default_rng(0)
+        for start in range(0, len(samples), 1 << 20):
+            block = samples[start : start + (1 << 20)]
+            block[:] = rng.standard_normal(len(block)) * 3000
+        before = peak_mb()
+        embedding = extractor((16000, samples))
+        after = peak_mb()
+        assert embedding.shape == (1, 128) and numpy.all(numpy.isfinite(embedding))
+        print(before, after)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    before_mb, after_mb = map(int, done.stdout.split())
+    assert after_mb - before_mb < 400, (before_mb, after_mb)
