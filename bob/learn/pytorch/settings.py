@@ -35,7 +35,7 @@ class SettingValue(NamedTuple):
 
     @property
     def source(self) -> str:
-        """Human-readable origin, e.g. ``setting KEY in /home/me/.config/bobrc.toml``."""
+        """Human-readable origin, e.g. ``setting KEY in ~/.config/bobrc.toml``."""
         return f"setting {self.key} in {self.file}"
 
 

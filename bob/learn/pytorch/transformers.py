@@ -9,6 +9,7 @@ network is loaded on first use in the process that embeds, and pickling (dask
 sending the transformer to its workers) leaves the network behind.
 """
 import logging
+import os
 import threading
 from typing import Any, Hashable, Optional, Sequence, Union
 

@@ -5,6 +5,7 @@ bob.bio.base 8 removed it together with ``verify.py``. This module provides an
 equivalent so that the package's configuration files keep their legacy
 ``extractor`` variable on any bob.bio.base release.
 """
+import os
 import warnings
 from typing import Any, Callable, Union
 

@@ -372,7 +372,7 @@ def demo(model_file: Optional[str], use_res: bool, device: str, trust_checkpoint
     \b
     Example:
       bob pytorch demo
-      bob pytorch demo --model /path/to/drn34.pth.tar -o /tmp/demo
+      bob pytorch demo --model /path/to/drn34.pth.tar -o demo-output
     """
     from . import demo as demo_module
 

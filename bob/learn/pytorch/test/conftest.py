@@ -70,6 +70,24 @@ def extractors(drn_extractor, rn_extractor):
     return {"drn": drn_extractor, "rn": rn_extractor}
 
 
+@pytest.fixture(scope="session")
+def payloads(checkpoint):
+    """Bytes of reference checkpoints: DltResNet (legacy format) and ResNet carrying a numpy scalar."""
+    return {
+        "drn34.pth.tar": Path(checkpoint("drn34")).read_bytes(),
+        "rn34.pth.tar": Path(checkpoint("rn34", "numpy_scalar")).read_bytes(),
+    }
+
+
+@pytest.fixture
+def server(payloads):
+    """A model server on 127.0.0.1 serving ``payloads``, with fault modes (see model_server.py)."""
+    from .model_server import ModelServer
+
+    with ModelServer(payloads) as running:
+        yield running
+
+
 def load_fixture(name: str):
     """Arrays of ``../shared/fixtures/public/<name>.npz``."""
     with numpy.load(PUBLIC / f"{name}.npz") as data:

@@ -13,7 +13,6 @@ import torch
 
 from bob.learn.pytorch import ModelDownloadError
 from bob.learn.pytorch.download import DownloadOptions, _Progress, download_model, expected_parameter_names, file_lock
-from bob.learn.pytorch.preprocessor.audio import weights
 from bob.learn.pytorch.preprocessor.audio.weights import DLTRESNET34_VOXCELEB, RESNET34_VOXCELEB
 
 from .model_server import ModelServer, Payload, construct_extractor, sha256_of
@@ -24,21 +23,6 @@ DRN = DLTRESNET34_VOXCELEB
 RN = RESNET34_VOXCELEB
 FAST = DownloadOptions(connect_timeout=2.0, read_timeout=0.5, attempts=3, backoff=0.01, progress=False)
 SET_DRN = "bob config set bob.learn.pytorch.extractor.audio.drn_modelpath /path/to/model.pth.tar"
-
-
-@pytest.fixture(scope="module")
-def payloads(checkpoint):
-    """Bytes of reference checkpoints: DltResNet (legacy format) and ResNet carrying a numpy scalar."""
-    return {
-        "drn34.pth.tar": Path(checkpoint("drn34")).read_bytes(),
-        "rn34.pth.tar": Path(checkpoint("rn34", "numpy_scalar")).read_bytes(),
-    }
-
-
-@pytest.fixture
-def server(payloads):
-    with ModelServer(payloads, slow_seconds=5.0) as running:
-        yield running
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from bob.learn.pytorch.preprocessor.audio import DltResNetExtractor, ResNetExtra
 from bob.learn.pytorch.preprocessor.audio.weights import DLTRESNET34_VOXCELEB, RESNET34_VOXCELEB
 from bob.learn.pytorch.settings import get_setting
 
-from .model_server import ModelServer, Payload, sha256_of
+from .model_server import Payload, sha256_of
 
 DRN = DLTRESNET34_VOXCELEB
 RN = RESNET34_VOXCELEB
@@ -67,20 +67,6 @@ def data_dir(tmp_path, monkeypatch):
     path = tmp_path / "package-data"
     monkeypatch.setattr(weights, "DATA_DIR", str(path))
     return path
-
-
-@pytest.fixture(scope="module")
-def payloads(checkpoint):
-    return {
-        "drn34.pth.tar": Path(checkpoint("drn34")).read_bytes(),
-        "rn34.pth.tar": Path(checkpoint("rn34", "numpy_scalar")).read_bytes(),
-    }
-
-
-@pytest.fixture
-def server(payloads):
-    with ModelServer(payloads) as running:
-        yield running
 
 
 def write_toml(home: Path, text: str) -> Path:
@@ -158,14 +144,14 @@ def test_bobrc_variable_points_to_another_json_file(monkeypatch, tmp_path):
 
 
 def test_bob12_file_wins_over_the_legacy_file(isolated_settings):
-    toml = write_toml(isolated_settings, f'[bob.learn.pytorch.extractor.audio]\ndrn_modelpath = "/new/drn.pth.tar"\n')
+    toml = write_toml(isolated_settings, '[bob.learn.pytorch.extractor.audio]\ndrn_modelpath = "/new/drn.pth.tar"\n')
     write_json(isolated_settings / ".bobrc", {DRN.path_key: "/old/drn.pth.tar", RN.path_key: "/old/rn.pth.tar"})
     assert resolve_model_file(DRN) == ModelLocation("/new/drn.pth.tar", f"setting {DRN.path_key} in {toml}")
     assert resolve_model_file(RN).path == "/old/rn.pth.tar"  # not in the TOML file: the legacy file answers
 
 
 def test_argument_wins_over_every_setting(isolated_settings):
-    write_toml(isolated_settings, f'[bob.learn.pytorch.extractor.audio]\ndrn_modelpath = "/new/drn.pth.tar"\n')
+    write_toml(isolated_settings, '[bob.learn.pytorch.extractor.audio]\ndrn_modelpath = "/new/drn.pth.tar"\n')
     assert resolve_model_file(DRN, Path("given.pth.tar")) == ModelLocation("given.pth.tar", "argument")
 
 

@@ -1,5 +1,4 @@
 """Every row of doc/robustness.rst is checked against the code."""
-import pickle
 import re
 import zipfile
 from pathlib import Path

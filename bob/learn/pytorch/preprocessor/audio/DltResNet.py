@@ -7,6 +7,7 @@ embedding of the whole utterance as a float32 ``(1, 128)`` array, and
 directly as features (see the package guide).
 """
 import logging
+import os
 import threading
 import warnings
 from collections.abc import Mapping
