@@ -94,6 +94,26 @@ def load_fixture(name: str):
         return {key: data[key] for key in data.files}
 
 
+LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch):
+    """Any HTTP request of the tests' own process to a host other than loopback fails at once."""
+    import requests
+    from urllib.parse import urlsplit
+
+    send = requests.adapters.HTTPAdapter.send
+
+    def guarded_send(adapter, request, *args, **kwargs):
+        host = urlsplit(request.url).hostname
+        if host not in LOOPBACK:
+            raise requests.ConnectionError(f"tests may not reach {host}: serve the file from 127.0.0.1")
+        return send(adapter, request, *args, **kwargs)
+
+    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", guarded_send)
+
+
 @pytest.fixture(autouse=True)
 def isolated_settings(tmp_path, monkeypatch):
     """Never read or write the real user settings: HOME, XDG_CONFIG_HOME and BOBRC point to tmp_path."""

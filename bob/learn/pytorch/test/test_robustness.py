@@ -175,3 +175,10 @@ def test_written_files_get_the_usual_permissions(out):
     finally:
         os.umask(previous)
     assert (out / "emb.hdf5").stat().st_mode & 0o777 == 0o644
+
+
+def test_the_test_suite_cannot_reach_the_internet():
+    import requests
+
+    with pytest.raises(requests.ConnectionError, match="tests may not reach www.idiap.ch"):
+        requests.get("https://www.idiap.ch/", timeout=1)
