@@ -22,7 +22,7 @@ from ...checkpoint import clean_state_dict, load_state_dict_strictly, read_check
 from ...model_files import ensure_model_file
 from .embedding import MIN_FRAMES, check_specs, embed_spectrogram, standardize
 from .fast import FastForward, supports_fast_path
-from .frontend import TARGET_RATE, check_rate, frame_geometry, mono_samples, prepare_signal, spectrogram
+from .frontend import TARGET_RATE, frame_geometry, mono_samples, prepare_signal, spectrogram, unpack_audio
 from .streaming import STREAMING_MIN_FRAMES, SignalSpectrogram, SpectrogramArray, embed_long, signal_source
 from .weights import DLTRESNET34_VOXCELEB, RESNET34_VOXCELEB, PretrainedModel
 
@@ -49,11 +49,14 @@ def _select_device(device: Optional[DeviceLike], cuda_flag: int) -> torch.device
     return torch.device("cpu" if device is None else device)
 
 
-def _minimum_audio_message(n_samples: int) -> str:
+def _require_minimum_length(n_samples: int) -> None:
+    """Raise ``ValueError`` if a 16 kHz signal of ``n_samples`` gives fewer than :data:`MIN_FRAMES` frames."""
     win_length, win_shift, _ = frame_geometry(TARGET_RATE)
     needed = win_length + (MIN_FRAMES - 1) * win_shift
+    if n_samples >= needed:
+        return
     frames = 0 if n_samples < win_length else 1 + (n_samples - win_length) // win_shift
-    return (
+    raise ValueError(
         f"audio too short: {n_samples / TARGET_RATE:.3f} s ({n_samples} samples at {TARGET_RATE} Hz, "
         f"{frames} frames); the network needs at least {MIN_FRAMES} frames, i.e. {needed} samples "
         f"({needed / TARGET_RATE:.3f} s) at {TARGET_RATE} Hz"
@@ -287,13 +290,9 @@ class DltResNetExtractor(Preprocessor):
 
     def _signal_source(self, audio: Any) -> SignalSpectrogram:
         """Validated frame source of ``(rate, samples)``, checked to be long enough."""
-        if isinstance(audio, Mapping):
-            raise TypeError(f"audio must be a (rate, samples) pair, got {type(audio).__name__}")
         record = self.pretrained
         source = signal_source(audio, record.win_length_ms, record.win_shift_ms, record.pre_emphasis_coeff)
-        win_length, win_shift, _ = frame_geometry(TARGET_RATE)
-        if source.n_samples < win_length + (MIN_FRAMES - 1) * win_shift:
-            raise ValueError(_minimum_audio_message(source.n_samples))
+        _require_minimum_length(source.n_samples)
         return source
 
     def _whole_spectrogram(self, audio: Any) -> numpy.ndarray:
@@ -303,9 +302,7 @@ class DltResNetExtractor(Preprocessor):
     def spectrogram(self, audio: Any) -> numpy.ndarray:
         """The float64 ``(T, 257)`` spectrogram of ``(rate, samples)``, checked to be long enough."""
         signal = prepare_signal(audio)
-        win_length, win_shift, _ = frame_geometry(TARGET_RATE)
-        if len(signal) < win_length + (MIN_FRAMES - 1) * win_shift:
-            raise ValueError(_minimum_audio_message(len(signal)))
+        _require_minimum_length(len(signal))
         record = self.pretrained
         return spectrogram(
             signal, TARGET_RATE, record.win_length_ms, record.win_shift_ms, record.pre_emphasis_coeff, True
@@ -374,12 +371,8 @@ class DltResNetExtractor(Preprocessor):
 
 def _frame_count(audio: Any) -> int:
     """Spectrogram frames of ``(rate, samples)`` once at 16 kHz, without converting the samples."""
-    if isinstance(audio, (str, bytes, Mapping)) or not hasattr(audio, "__getitem__") or not hasattr(audio, "__len__"):
-        raise TypeError(f"audio must be a (rate, samples) pair, got {type(audio).__name__}")
-    if len(audio) != 2:
-        raise TypeError(f"audio must be a (rate, samples) pair, got a sequence of length {len(audio)}")
-    rate = check_rate(audio[0])
-    n_samples = len(mono_samples(audio[1]))
+    rate, samples = unpack_audio(audio)
+    n_samples = len(mono_samples(samples))
     if rate != TARGET_RATE:
         n_samples = round(n_samples * TARGET_RATE / rate)
     win_length, win_shift, _ = frame_geometry(TARGET_RATE)

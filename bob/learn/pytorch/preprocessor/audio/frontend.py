@@ -20,6 +20,7 @@ __all__ = [
     "check_finite",
     "check_magnitude",
     "check_rate",
+    "unpack_audio",
     "prepare_signal",
     "frame_geometry",
     "spectrogram",
@@ -107,6 +108,23 @@ def as_mono_signal(samples: Any) -> numpy.ndarray:
     return signal
 
 
+def unpack_audio(audio: Any) -> Tuple[int, Any]:
+    """Split a ``(rate, samples)`` pair, checking its form and the rate; the samples are not converted.
+
+    Raises
+    ------
+    TypeError
+        If ``audio`` is not a sequence of two items.
+    ValueError
+        If the rate is not a whole number of Hz in :data:`RATE_RANGE`.
+    """
+    if isinstance(audio, (str, bytes, Mapping)) or not hasattr(audio, "__getitem__") or not hasattr(audio, "__len__"):
+        raise TypeError(f"audio must be a (rate, samples) pair, got {type(audio).__name__}")
+    if len(audio) != 2:
+        raise TypeError(f"audio must be a (rate, samples) pair, got a sequence of length {len(audio)}")
+    return check_rate(audio[0]), audio[1]
+
+
 def prepare_signal(audio: Any) -> numpy.ndarray:
     """Turn a ``(rate, samples)`` pair into the float64 16 kHz signal the spectrogram takes.
 
@@ -126,12 +144,8 @@ def prepare_signal(audio: Any) -> numpy.ndarray:
     numpy.ndarray
         1-D float64 signal at 16 kHz.
     """
-    if isinstance(audio, (str, bytes, Mapping)) or not hasattr(audio, "__getitem__") or not hasattr(audio, "__len__"):
-        raise TypeError(f"audio must be a (rate, samples) pair, got {type(audio).__name__}")
-    if len(audio) != 2:
-        raise TypeError(f"audio must be a (rate, samples) pair, got a sequence of length {len(audio)}")
-    rate = check_rate(audio[0])
-    signal = as_mono_signal(audio[1])
+    rate, samples = unpack_audio(audio)
+    signal = as_mono_signal(samples)
     if numpy.max(numpy.abs(signal)) < 1:
         signal *= INT16_SCALE
     if rate != TARGET_RATE:

@@ -22,7 +22,6 @@ computed block by block:
 
 Memory is then bounded by the block size, not the recording's length.
 """
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Tuple
 
@@ -36,11 +35,11 @@ from .frontend import (
     TARGET_RATE,
     check_finite,
     check_magnitude,
-    check_rate,
     frame_geometry,
     mono_samples,
     prepare_signal,
     spectrogram,
+    unpack_audio,
 )
 
 __all__ = [
@@ -251,15 +250,11 @@ def signal_source(
         If the rate is invalid or the samples are empty, multi-channel, not
         finite or absurdly large.
     """
-    if isinstance(audio, (str, bytes, Mapping)) or not hasattr(audio, "__getitem__") or not hasattr(audio, "__len__"):
-        raise TypeError(f"audio must be a (rate, samples) pair, got {type(audio).__name__}")
-    if len(audio) != 2:
-        raise TypeError(f"audio must be a (rate, samples) pair, got a sequence of length {len(audio)}")
-    rate = check_rate(audio[0])
+    rate, samples = unpack_audio(audio)
     settings = (win_length_ms, win_shift_ms, pre_emphasis_coeff)
     if rate != TARGET_RATE:
         return SignalSpectrogram(prepare_signal(audio), 1.0, *settings)
-    samples = mono_samples(audio[1])
+    samples = mono_samples(samples)
     peak = 0.0
     for start in range(0, len(samples), block_samples):
         block = samples[start : start + block_samples]
