@@ -21,7 +21,6 @@ import csv
 import io as _io
 import logging
 import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,6 +29,8 @@ from typing import Union
 import scipy.io.wavfile
 from bob.bio.base.database import CSVDatabase, FileSampleLoader
 from sklearn.pipeline import make_pipeline
+
+from .atomic import replacing
 
 __all__ = ["read_speakers", "write_csv_protocol", "csv_database", "recordings_database"]
 
@@ -135,16 +136,8 @@ def _write_if_changed(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file, unless the file already holds it."""
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    with replacing(path, what="the protocol file") as temporary:
+        temporary.write_text(text, encoding="utf-8", newline="")
 
 
 def write_csv_protocol(

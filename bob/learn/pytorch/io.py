@@ -1,10 +1,11 @@
 """Embedding files: one float64 HDF5 dataset ``feats``, written atomically."""
 import os
-import uuid
 from typing import Any, Union
 
 import h5py
 import numpy
+
+from .atomic import replacing
 
 __all__ = ["write_embedding", "read_embedding", "DATASET"]
 
@@ -27,24 +28,10 @@ def write_embedding(data: Any, path: PathLike) -> None:
     PermissionError, OSError
         If the folder cannot be created or written, naming the path.
     """
-    path = os.fspath(path)
     array = numpy.asarray(data, dtype=numpy.float64)
-    folder = os.path.dirname(os.path.abspath(path))
-    temporary = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.partial")
-    try:
-        os.makedirs(folder, exist_ok=True)
-        hdf5 = h5py.File(temporary, "w-")
-    except OSError as error:
-        reason = error.strerror or str(error)
-        raise type(error)(error.errno, f"cannot write embeddings to {path}: {reason}", folder) from None
-    try:
-        with hdf5:
+    with replacing(path, what="embeddings") as temporary:
+        with h5py.File(temporary, "w") as hdf5:
             hdf5.create_dataset(DATASET, data=array)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
 
 
 def read_embedding(path: PathLike) -> numpy.ndarray:

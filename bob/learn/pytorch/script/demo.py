@@ -13,6 +13,7 @@ from typing import List, Sequence
 
 import numpy
 
+from ..atomic import replacing
 from ..preprocessor.audio import DltResNetExtractor
 from . import extract
 
@@ -99,17 +100,12 @@ def format_report(recordings: Sequence[Recording], similarity: numpy.ndarray, ti
 
 
 def _write_similarity_csv(recordings: Sequence[Recording], similarity: numpy.ndarray, path: Path) -> None:
-    temporary = extract.temporary_beside(path)
-    try:
+    with replacing(path, what="the similarity matrix") as temporary:
         with open(temporary, "w", newline="", encoding="utf-8") as stream:
             writer = csv.writer(stream)
             writer.writerow(["file", "speaker"] + [recording.name for recording in recordings])
             for recording, row in zip(recordings, similarity):
                 writer.writerow([recording.name, recording.speaker] + [f"{value:.6f}" for value in row])
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
 
 
 def run_demo(extractor: DltResNetExtractor, output_dir: "os.PathLike[str] | str") -> str:

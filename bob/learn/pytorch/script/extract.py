@@ -4,10 +4,10 @@ Kept apart from the click commands so that each step can be tested and
 reused (the demo uses the same functions). Nothing here prints: failures are
 returned as :class:`Failure` records and the command decides how to report them.
 """
+import contextlib
 import csv
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -17,6 +17,7 @@ import h5py
 import numpy
 import scipy.io.wavfile
 
+from ..atomic import replacing
 from ..preprocessor.audio import DltResNetExtractor
 
 __all__ = [
@@ -296,21 +297,6 @@ def rows_table_path(npy_path: PathLike) -> Path:
     return path.with_name(path.stem + ".rows.csv")
 
 
-def temporary_beside(path: Path) -> Path:
-    """An empty file beside ``path`` with the permissions a new file gets (mkstemp makes it private)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(handle)
-    os.chmod(name, 0o666 & ~_current_umask())
-    return Path(name)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _write_hdf5(results: Sequence[Embedded], target: Path, attributes: dict) -> None:
     with h5py.File(target, "w") as hdf5:
         for key, value in attributes.items():
@@ -375,8 +361,8 @@ def write_output(results: Sequence[Embedded], path: PathLike, attributes: Option
     target = Path(path)
     kind = output_format(target)
     targets = [target] + ([rows_table_path(target)] if kind == "npy" else [])
-    temporaries = [temporary_beside(each) for each in targets]
-    try:
+    with contextlib.ExitStack() as stack:
+        temporaries = [stack.enter_context(replacing(each, what="embeddings")) for each in targets]
         if kind == "hdf5":
             _write_hdf5(results, temporaries[0], attributes or {})
         elif kind == "csv":
@@ -385,10 +371,4 @@ def write_output(results: Sequence[Embedded], path: PathLike, attributes: Option
             with open(temporaries[0], "wb") as handle:
                 numpy.save(handle, numpy.vstack([result.rows for result in results]).astype(numpy.float32))
             _write_rows_table(results, temporaries[1])
-        for temporary, final in zip(temporaries, targets):
-            os.replace(temporary, final)
-    finally:
-        for temporary in temporaries:
-            if temporary.exists():
-                temporary.unlink()
     return targets
