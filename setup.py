@@ -31,6 +31,7 @@ setup(
     zip_safe=False,
     install_requires=read_requirements("requirements.txt"),
     extras_require={
+        "fast": read_requirements("fast-requirements.txt"),
         "test": read_requirements("test-requirements.txt"),
         "doc": ["sphinx>=7", "sphinx-rtd-theme>=2", "numpydoc>=1.6"],
     },

@@ -45,6 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from bob.learn.pytorch.preprocessor.audio import DltResNetExtractor, ResNetExtractor  # noqa: E402
 from bob.learn.pytorch.preprocessor.audio.embedding import standardize  # noqa: E402
+from bob.learn.pytorch.preprocessor.audio.fast import BACKENDS  # noqa: E402
 from bob.learn.pytorch.preprocessor.audio.frontend import prepare_signal  # noqa: E402
 
 RATE = 16000
@@ -125,7 +126,7 @@ def model_file(args: argparse.Namespace, folder: str) -> str:
 
 def make_extractor(args: argparse.Namespace, path: str):
     cls = ResNetExtractor if args.net == "rn" else DltResNetExtractor
-    return cls(path)
+    return cls(path, backend=args.backend)
 
 
 # -- speed --------------------------------------------------------------------------------------------
@@ -204,6 +205,7 @@ def peak_rss_mb() -> float:
 def measure_memory(args: argparse.Namespace, path: str) -> Dict[str, float]:
     command = [sys.executable, __file__, "--memory-child", "--model", path, "--net", args.net]
     command += ["--long-minutes", str(args.long_minutes), "--threads", str(torch.get_num_threads())]
+    command += ["--backend", args.backend]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"memory measurement failed:\n{done.stderr}")
@@ -213,8 +215,13 @@ def measure_memory(args: argparse.Namespace, path: str) -> Dict[str, float]:
 # -- report -------------------------------------------------------------------------------------------
 
 
-def print_report(rows: List[Dict[str, float]], memory: Dict[str, float], args, load_before, load_after) -> None:
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, net={args.net}")
+def print_report(
+    rows: List[Dict[str, float]], memory: Dict[str, float], args, backend: str, load_before, load_after
+) -> None:
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, net={args.net}, "
+        f"backend={backend} (--backend {args.backend})"
+    )
     print(f"load average before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
           f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}; best of {args.rounds} rounds, "
           f"{args.batch_size} utterances per measurement")
@@ -248,6 +255,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--net", choices=("drn", "rn"), default="drn", help="DltResNet-34 (drn) or ResNet-34 (rn)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the best of each is kept")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch.set_num_threads")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto", help="form of the network (extractor backend)")
     parser.add_argument("--batch-size", type=int, default=8, help="utterances per measurement and per batch")
     parser.add_argument("--baseline-count", type=int, default=2, help="utterances the slow baseline embeds per round")
     parser.add_argument("--durations", type=float, nargs="+", default=[3.0, 10.0, 60.0])
@@ -270,9 +278,10 @@ def main(argv=None) -> None:
         extractor = make_extractor(args, path)
         memory = {} if args.skip_memory else measure_memory(args, path)  # first, while this process is small
         rows = [measure_duration(extractor, seconds, args) for seconds in args.durations]
-    print_report(rows, memory, args, load_before, os.getloadavg())
+        backend = extractor._fast.runner_backend(extractor.network)
+    print_report(rows, memory, args, backend, load_before, os.getloadavg())
     if args.json:
-        Path(args.json).write_text(json.dumps({"speed": rows, "memory": memory}, indent=2))
+        Path(args.json).write_text(json.dumps({"backend": backend, "speed": rows, "memory": memory}, indent=2))
 
 
 if __name__ == "__main__":

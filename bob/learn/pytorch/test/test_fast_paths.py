@@ -5,7 +5,9 @@ Reference computations here are the eager network through
 (itself checked against the original by the golden tests). Tolerance: embeddings
 atol=1e-5, rtol=0 (FACTS.md §11). No timings are tested.
 """
+import logging
 import pickle
+import re
 import subprocess
 import sys
 import textwrap
@@ -18,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bob.learn.pytorch.preprocessor.audio import DltResNet as extractor_module
-from bob.learn.pytorch.preprocessor.audio import DltResNetExtractor, ResNetExtractor, streaming
+from bob.learn.pytorch.preprocessor.audio import DltResNetExtractor, ResNetExtractor, fast, ort_backend, streaming
 from bob.learn.pytorch.preprocessor.audio.embedding import embed_spectrogram
 from bob.learn.pytorch.preprocessor.audio.fast import RUNNER_FRAMES_RTOL, FastForward, embedding_head
 from bob.learn.pytorch.preprocessor.audio.frontend import prepare_signal, spectrogram
@@ -58,18 +60,134 @@ def fresh_extractor(request, drn_file, rn_file):
 # -- optimised runner -------------------------------------------------------------------------------
 
 
+OPTIMISED_BACKENDS = ["onnxruntime", "torchscript"]
+
+
+@pytest.fixture(params=OPTIMISED_BACKENDS)
+def backend(request):
+    if request.param == "onnxruntime" and not ort_backend.available():
+        pytest.skip('ONNX Runtime is not installed (pip install ".[fast]")')
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def built_runners(extractors):
+    """``{(net, backend): runner}``, each built once for this module."""
+    return {}
+
+
+def runner_for(extractors, built_runners, net, backend):
+    key = (net, backend)
+    if key not in built_runners:
+        built_runners[key] = fast.build_frame_runner(extractors[net].network, backend)
+    return built_runners[key]
+
+
 @pytest.mark.parametrize("net", ["drn", "rn"])
-@pytest.mark.parametrize("shape", [(1, 1, 37, 257), (3, 1, 298, 257), (1, 1, 1001, 257)])
-def test_optimised_runner_matches_eager_network(extractors, net, shape):
+@pytest.mark.parametrize("shape", [(1, 1, 37, 257), (3, 1, 298, 257), (1, 1, 1001, 257), (2, 1, 64, 272)])
+def test_optimised_runner_matches_eager_network(extractors, built_runners, net, backend, shape):
     network = extractors[net].network
-    runner = extractors[net]._fast.frames(network)
-    assert isinstance(runner, torch.jit.ScriptModule), "the CPU fast path should be the frozen TorchScript graph"
+    runner = runner_for(extractors, built_runners, net, backend)
+    assert fast.runner_backend(runner) == backend
     x = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)))
     with torch.inference_mode():
-        fast, eager = runner(x), network.forward_frames(x)
-        assert fast.shape == eager.shape
-        assert float((fast - eager).abs().max()) <= RUNNER_FRAMES_RTOL * float(eager.abs().max())
-        numpy.testing.assert_allclose(embedding_head(network, fast), network(x), rtol=0, atol=ATOL)
+        optimised, eager = runner(x), network.forward_frames(x)
+        assert optimised.shape == eager.shape and optimised.dtype == torch.float32
+        assert float((optimised - eager).abs().max()) <= RUNNER_FRAMES_RTOL * float(eager.abs().max())
+        numpy.testing.assert_allclose(embedding_head(network, optimised), network(x), rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("net", ["drn", "rn"])
+def test_call_through_each_backend_matches_eager(net, backend, drn_file, rn_file):
+    path = drn_file if net == "drn" else rn_file
+    extractor = CLASSES[net](str(path), backend=backend)
+    audio = speech("flite_awb_u2")
+    assert extractor._fast.runner_backend(extractor.network) == backend
+    expected = eager_embedding(extractor.network, whole_spectrogram(audio))
+    numpy.testing.assert_allclose(extractor(audio), expected, rtol=0, atol=ATOL)
+
+
+def test_default_backend_is_the_fastest_installed(drn_extractor):
+    expected = "onnxruntime" if ort_backend.available() else "torchscript"
+    assert drn_extractor.backend == "auto"
+    assert drn_extractor._fast.runner_backend(drn_extractor.network) == expected
+
+
+def test_eager_backend_runs_the_network_itself(drn_file):
+    extractor = DltResNetExtractor(str(drn_file), backend="eager")
+    network = extractor.network
+    assert extractor._fast.frames(network) == network.forward_frames
+    assert extractor._fast.runner_backend(network) == "eager"
+    audio = speech("flite_kal_u3")
+    numpy.testing.assert_array_equal(extractor(audio), eager_embedding(network, whole_spectrogram(audio)))
+
+
+def test_unknown_backend_is_refused(drn_file):
+    message = "backend must be one of 'auto', 'onnxruntime', 'torchscript', 'eager', got 'tensorrt'"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        DltResNetExtractor(str(drn_file), backend="tensorrt")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fast.FastForward("ONNX")
+
+
+def test_onnxruntime_requested_but_missing_fails_at_construction(drn_file, monkeypatch):
+    monkeypatch.setattr(ort_backend, "available", lambda: False)
+    with pytest.raises(ImportError, match=re.escape('ONNX Runtime is not installed: pip install "bob.learn.pytorch[fast]"')):
+        DltResNetExtractor(str(drn_file), backend="onnxruntime")
+
+
+def test_auto_without_onnxruntime_uses_torchscript(drn_file, monkeypatch, caplog):
+    monkeypatch.setattr(ort_backend, "available", lambda: False)
+    extractor = DltResNetExtractor(str(drn_file))
+    with caplog.at_level(logging.WARNING, logger="bob.learn.pytorch"):
+        assert extractor._fast.runner_backend(extractor.network) == "torchscript"
+    assert not caplog.records, "a missing optional package is not worth a warning"
+
+
+def test_failing_optimiser_falls_back_to_the_next_form(drn_file, monkeypatch, caplog):
+    def broken(body):
+        raise RuntimeError("exporter exploded")
+
+    monkeypatch.setitem(fast._BUILDERS, "onnxruntime", broken)
+    monkeypatch.setattr(ort_backend, "available", lambda: True)
+    extractor = DltResNetExtractor(str(drn_file))
+    audio = speech("flite_rms_u1")
+    with caplog.at_level(logging.WARNING, logger="bob.learn.pytorch"):
+        result = extractor(audio)
+    assert extractor._fast.runner_backend(extractor.network) == "torchscript"
+    assert "onnxruntime optimisation failed (RuntimeError: exporter exploded)" in caplog.text
+    numpy.testing.assert_allclose(result, eager_embedding(extractor.network, whole_spectrogram(audio)), atol=ATOL)
+
+
+def test_optimiser_with_wrong_numbers_is_not_used(drn_file, monkeypatch, caplog):
+    def off_by_a_little(body):
+        return lambda x: body(x) * 1.01
+
+    monkeypatch.setitem(fast._BUILDERS, "torchscript", off_by_a_little)
+    extractor = DltResNetExtractor(str(drn_file), backend="torchscript")
+    with caplog.at_level(logging.WARNING, logger="bob.learn.pytorch"):
+        runner = extractor._fast.frames(extractor.network)
+    assert runner == extractor.network.forward_frames
+    assert "torchscript network differs from the eager one" in caplog.text
+
+
+def test_thread_count_changes_rebuild_the_runner(drn_file, backend):
+    extractor = DltResNetExtractor(str(drn_file), backend=backend)
+    audio = speech("flite_slt_u3")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = extractor._fast.frames(extractor.network)
+        one_thread = extractor(audio)
+        torch.set_num_threads(2)
+        double = extractor._fast.frames(extractor.network)
+        two_threads = extractor(audio)
+    finally:
+        torch.set_num_threads(threads)
+    assert single is not double
+    if backend == "onnxruntime":
+        assert (single.threads, double.threads) == (1, 2)
+    numpy.testing.assert_allclose(one_thread, two_threads, rtol=0, atol=ATOL)
 
 
 @pytest.mark.parametrize("net", ["drn", "rn"])
@@ -150,6 +268,17 @@ def test_pickled_extractor_rebuilds_its_fast_path(drn_extractor):
     clone = pickle.loads(pickle.dumps(drn_extractor))
     assert clone._network is None
     numpy.testing.assert_allclose(clone(audio), expected, rtol=0, atol=ATOL)
+
+
+def test_pickled_extractor_keeps_its_backend(drn_file):
+    extractor = DltResNetExtractor(str(drn_file), backend="torchscript")
+    clone = pickle.loads(pickle.dumps(extractor))
+    assert clone.backend == "torchscript" and clone._fast.backend == "torchscript"
+    state = extractor.__getstate__()
+    del state["backend"]  # pickled before the option existed
+    older = DltResNetExtractor.__new__(DltResNetExtractor)
+    older.__setstate__(state)
+    assert older.backend == "auto" and older._fast.backend == "auto"
 
 
 def test_fast_forward_falls_back_for_non_embedding_modes(drn_file):

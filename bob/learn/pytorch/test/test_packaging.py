@@ -67,6 +67,11 @@ def test_conda_recipe_run_requirements_are_requirements_txt(recipe):
     assert run == expected
 
 
+def test_conda_recipe_constrains_the_fast_extra(recipe):
+    constrained = [normalised(spec) for spec in recipe["requirements"]["run_constrained"]]
+    assert constrained == [normalised(conda_spec(r)) for r in requirement_lines("fast-requirements.txt")]
+
+
 def test_conda_recipe_test_requirements_and_metadata(recipe):
     requires = [normalised(spec) for spec in recipe["test"]["requires"]]
     assert requires == [normalised(conda_spec(r)) for r in requirement_lines("test-requirements.txt")]
@@ -174,7 +179,7 @@ def test_sdist_carries_docs_requirements_recipes_and_test_data(artefacts):
     with tarfile.open(artefacts["sdist"]) as archive:
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
     for required in (
-        "README.rst", "requirements.txt", "test-requirements.txt", "MANIFEST.in", "setup.py", "Makefile",
+        "README.rst", "requirements.txt", "fast-requirements.txt", "test-requirements.txt", "MANIFEST.in", "setup.py", "Makefile",
         "buildout.cfg", "conda/meta.yaml", ".ci/run", "doc/conf.py", "doc/index.rst",
         "bob/learn/pytorch/data/speech/speakers.csv", "bob/learn/pytorch/data/speech/NOTICE.txt",
         "bob/learn/pytorch/data/speech/flite_kal_u1.wav", "bob/learn/pytorch/test/test_cli.py",

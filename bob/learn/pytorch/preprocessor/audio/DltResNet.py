@@ -21,7 +21,7 @@ from ... import io
 from ...checkpoint import clean_state_dict, load_state_dict_strictly, read_checkpoint
 from ...model_files import ensure_model_file
 from .embedding import MIN_FRAMES, check_specs, embed_spectrogram, standardize
-from .fast import FastForward, supports_fast_path
+from .fast import FastForward, check_backend, supports_fast_path
 from .frontend import TARGET_RATE, frame_geometry, mono_samples, prepare_signal, spectrogram, unpack_audio
 from .streaming import STREAMING_MIN_FRAMES, SignalSpectrogram, SpectrogramArray, embed_long, signal_source
 from .weights import DLTRESNET34_VOXCELEB, RESNET34_VOXCELEB, PretrainedModel
@@ -91,6 +91,11 @@ class DltResNetExtractor(Preprocessor):
     trust_checkpoint : bool
         Allow full unpickling of the model file. Only for files you trust:
         unpickling can run arbitrary code.
+    backend : {"auto", "onnxruntime", "torchscript", "eager"}
+        Form of the network on the CPU (see
+        :func:`~bob.learn.pytorch.preprocessor.audio.fast.build_frame_runner`):
+        by default ONNX Runtime when installed (the ``fast`` extra), else
+        TorchScript. Every form is checked against the eager network when built.
 
     Examples
     --------
@@ -117,6 +122,7 @@ class DltResNetExtractor(Preprocessor):
         *,
         device: Optional[DeviceLike] = None,
         trust_checkpoint: bool = False,
+        backend: str = "auto",
     ) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -132,7 +138,8 @@ class DltResNetExtractor(Preprocessor):
         self.pretrained: PretrainedModel = RESNET34_VOXCELEB if use_res else DLTRESNET34_VOXCELEB
         self._lock = threading.Lock()
         self._network: Optional[torch.nn.Module] = None
-        self._fast = FastForward()
+        self.backend = check_backend(backend)
+        self._fast = FastForward(backend)
         self.model_path: Optional[str] = None
         if test:
             self._network = self.pretrained.build(num_classes, bn_dim).to(self.device)
@@ -179,7 +186,7 @@ class DltResNetExtractor(Preprocessor):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
-        self._fast = FastForward()
+        self._fast = FastForward(self.__dict__.setdefault("backend", "auto"))
 
     # -- embedding -------------------------------------------------------------------------
 
@@ -412,9 +419,18 @@ class ResNetExtractor(DltResNetExtractor):
         *,
         device: Optional[DeviceLike] = None,
         trust_checkpoint: bool = False,
+        backend: str = "auto",
     ) -> None:
         if not use_res:
             raise ValueError("ResNetExtractor always uses the ResNet-34; use DltResNetExtractor for the DltResNet")
         super().__init__(
-            model_file, num_classes, bn_dim, cuda_flag, test, True, device=device, trust_checkpoint=trust_checkpoint
+            model_file,
+            num_classes,
+            bn_dim,
+            cuda_flag,
+            test,
+            True,
+            device=device,
+            trust_checkpoint=trust_checkpoint,
+            backend=backend,
         )
