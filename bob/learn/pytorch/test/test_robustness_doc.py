@@ -75,6 +75,13 @@ def _failed_download(tmp_path, monkeypatch):
         return DltResNetExtractor()
 
 
+def _without_onnxruntime(drn_file, monkeypatch):
+    from bob.learn.pytorch.preprocessor.audio import ort_backend
+
+    monkeypatch.setattr(ort_backend, "available", lambda: False)
+    return DltResNetExtractor(str(drn_file), backend="onnxruntime")
+
+
 def cases(extractor, tmp_path, drn_file, rn_file, monkeypatch):
     """The call each row describes."""
     (tmp_path / "blocker").write_text("")
@@ -92,6 +99,8 @@ def cases(extractor, tmp_path, drn_file, rn_file, monkeypatch):
         "rate with a fraction": lambda: extractor((15999.5, NOISE)),
         "rate below 1000 Hz": lambda: extractor((800, NOISE)),
         "``annotations`` neither": lambda: extractor((16000, NOISE), "annotations"),
+        "unknown ``backend`` name": lambda: DltResNetExtractor(str(drn_file), backend="tensorrt"),
+        '``backend="onnxruntime"`` without': lambda: _without_onnxruntime(drn_file, monkeypatch),
         "spectrogram with a number of frequency bins": lambda: extractor.extract_embeddings(
             extractor.network, SPECS[:, :256], 0
         ),
@@ -114,12 +123,12 @@ def cases(extractor, tmp_path, drn_file, rn_file, monkeypatch):
 
 def test_table_covers_every_case():
     rows = table_rows()
-    assert len(rows) == 28
+    assert len(rows) == 30
     assert all(len(row) == 3 for row in rows)
 
 
 def _exception_class(name):
-    return getattr(package, name, None) or {"ValueError": ValueError, "TypeError": TypeError,
+    return getattr(package, name, None) or {"ValueError": ValueError, "TypeError": TypeError, "ImportError": ImportError,
                                             "OSError": OSError, "FileNotFoundError": FileNotFoundError}[name]
 
 
