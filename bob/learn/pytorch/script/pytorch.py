@@ -18,7 +18,7 @@ from clapper.click import AliasedGroup, verbosity_option
 
 from .. import model_files, settings
 from ..errors import CheckpointError, ModelDownloadError, SettingsError
-from ..preprocessor.audio import DltResNetExtractor, ResNetExtractor
+from ..preprocessor.audio import DltResNetExtractor, ResNetExtractor, fast, ort_backend
 from ..preprocessor.audio.embedding import MIN_FRAMES
 from ..preprocessor.audio.weights import DLTRESNET34_VOXCELEB, RESNET34_VOXCELEB, PretrainedModel
 from . import extract as extraction
@@ -36,6 +36,8 @@ MODEL_ERRORS = (
 )
 #: The released models by the names the commands accept.
 MODELS = {"drn34": DLTRESNET34_VOXCELEB, "rn34": RESNET34_VOXCELEB}
+#: Values of ``--backend``: the forms of the network the extractors can run (see ``fast.BACKENDS``).
+BACKEND_CHOICES = fast.BACKENDS
 
 
 class ModelUnavailable(click.ClickException):
@@ -51,13 +53,21 @@ def _one_line(error: BaseException) -> str:
 
 
 def load_extractor(
-    model_file: Optional[str], use_res: bool, device: str = "cpu", trust_checkpoint: bool = False
+    model_file: Optional[str],
+    use_res: bool,
+    device: str = "cpu",
+    trust_checkpoint: bool = False,
+    backend: str = "auto",
 ) -> DltResNetExtractor:
-    """Build the extractor and load its network now, turning model problems into one-line errors."""
+    """Build the extractor and load its network now, turning model problems into one-line errors.
+
+    ``backend`` is passed on to the extractor (see :data:`BACKEND_CHOICES`).
+    """
     torch_device = parse_device(device)
+    check_backend(backend)
     kind = ResNetExtractor if use_res else DltResNetExtractor
     try:
-        extractor = kind(model_file, device=torch_device, trust_checkpoint=trust_checkpoint)
+        extractor = kind(model_file, device=torch_device, trust_checkpoint=trust_checkpoint, backend=backend)
         extractor.network  # noqa: B018 - load now, so that a bad file fails before any recording is read
     except MODEL_ERRORS as error:
         raise ModelUnavailable(_one_line(error)) from None
@@ -72,6 +82,18 @@ def parse_device(device: str) -> torch.device:
         return torch.device(device)
     except (RuntimeError, TypeError) as error:
         raise click.BadParameter(_one_line(error), param_hint="'--device'") from None
+
+
+def check_backend(backend: str) -> str:
+    """``--backend`` if it can be used here; a one-line error (exit status 1) naming the fix otherwise.
+
+    Click's choice has already refused unknown names; what is left is an
+    explicit ``onnxruntime`` without the ``fast`` extra installed.
+    """
+    try:
+        return fast.check_backend(backend)
+    except (ImportError, ValueError) as error:
+        raise click.ClickException(_one_line(error)) from None
 
 
 @contextlib.contextmanager
@@ -150,6 +172,14 @@ def pytorch() -> None:
     type=click.IntRange(min=1),
     help="Recordings per forward pass (chunks per pass with -L).",
 )
+@click.option(
+    "--backend",
+    default="auto",
+    show_default=True,
+    type=click.Choice(BACKEND_CHOICES),
+    help="Form of the network on the CPU. auto: onnxruntime when installed (the fast extra), else torchscript. "
+    "A form that fails its check against eager is skipped with a warning (eager is the last resort).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @verbosity_option(logger=logger)
 def extract_audio(
@@ -161,6 +191,7 @@ def extract_audio(
     trust_checkpoint: bool,
     chunk_length: int,
     batch_size: int,
+    backend: str,
     quiet: bool,
     **_: object,
 ) -> None:
@@ -177,6 +208,7 @@ def extract_audio(
     Example:
       bob pytorch extract-audio recordings/ -o embeddings.h5
       bob pytorch extract-audio a.wav b.wav -o embeddings.csv --use-res -L 300
+      bob pytorch extract-audio recordings/ -o embeddings.h5 --backend eager
     """
     try:
         extraction.output_format(output)
@@ -187,8 +219,9 @@ def extract_audio(
     if not items:
         raise click.ClickException("no recording to embed")
     parse_device(device)
+    check_backend(backend)
     check_output_folder(output)
-    extractor = load_extractor(model_file, use_res, device, trust_checkpoint)
+    extractor = load_extractor(model_file, use_res, device, trust_checkpoint, backend)
     results, failures = run_extraction(extractor, items, chunk_length, batch_size, show_progress=_interactive(quiet))
     if results:
         attributes = _output_attributes(extractor, chunk_length)
@@ -299,9 +332,9 @@ def download_models(names: Sequence[str], trust_checkpoint: bool, **_: object) -
 @pytorch.command("info")
 @verbosity_option(logger=logger)
 def info(**_: object) -> None:
-    """Show where each model is taken from, and the settings that change it.
+    """Show where each model is taken from, the settings that change it, and the network backends.
 
-    Nothing is downloaded.
+    Nothing is downloaded and no network is built.
 
     \b
     Example:
@@ -312,6 +345,7 @@ def info(**_: object) -> None:
         described = model_files.describe_model_files([MODELS[name] for name in sorted(MODELS)])
         sections = [describe_model(entry) for entry in described]
         sections.append(describe_settings())
+        sections.append(describe_backends())
     except (SettingsError, ValueError) as error:
         raise click.ClickException(_one_line(error)) from None
     click.echo("\n\n".join("\n".join(lines) for lines in sections))
@@ -348,6 +382,36 @@ def describe_settings() -> List[str]:
 def setting_keys(record: PretrainedModel) -> List[str]:
     """The user settings that concern ``record``: model path, download URL, sha256."""
     return [record.path_key, record.url_key, model_files.sha256_key(record)]
+
+
+def available_backends() -> List[str]:
+    """The forms of the network that can be built here, fastest first (``"auto"`` left out).
+
+    Only checks which packages are installed: nothing is imported or built.
+    """
+    return [name for name in BACKEND_CHOICES if name != "auto" and (name != "onnxruntime" or ort_backend.available())]
+
+
+def auto_backend() -> str:
+    """The form ``backend="auto"`` tries first here: ``"onnxruntime"`` when installed, else ``"torchscript"``."""
+    return next(name for name in fast.AUTO_BACKENDS if name in available_backends())
+
+
+def describe_backends() -> List[str]:
+    """The lines ``info`` prints about the network backends (``--backend``); nothing is built."""
+    available = available_backends()
+    first = auto_backend()
+    fallbacks = ", ".join(available[available.index(first) + 1 :])
+    lines = [
+        "network backends (extract-audio --backend; devices other than the CPU run eager):",
+        f"  available:    {', '.join(available)}",
+        f"  auto uses:    {first} (fallbacks: {fallbacks}; each form is checked against eager when built)",
+    ]
+    try:
+        fast.check_backend("onnxruntime")
+    except ImportError as error:
+        lines.append(f"  missing:      {_one_line(error)}")
+    return lines
 
 
 @pytorch.command("demo")

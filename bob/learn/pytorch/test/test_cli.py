@@ -1,12 +1,14 @@
 """``bob pytorch``: registration in bob's command, extract-audio, download-models, info and demo."""
 import csv
 import os
+import re
 import socket
 import subprocess
 import sys
 from importlib.metadata import distribution
 from pathlib import Path
 
+import click
 import h5py
 import numpy
 import pytest
@@ -14,7 +16,10 @@ import scipy.io.wavfile
 import scipy.signal
 from click.testing import CliRunner
 
+from bob.learn.pytorch.preprocessor.audio import ort_backend
+from bob.learn.pytorch.preprocessor.audio.weights import PretrainedModel
 from bob.learn.pytorch.script import extract
+from bob.learn.pytorch.script import pytorch as cli
 from bob.learn.pytorch.script.pytorch import pytorch
 
 from .conftest import SPEECH
@@ -22,6 +27,7 @@ from .conftest import SPEECH
 DRN_PATH_KEY = "bob.learn.pytorch.extractor.audio.drn_modelpath"
 DRN_URL_KEY = "bob.learn.pytorch.extractor.audio.drn_url"
 GOOD = ["flite_kal_u1.wav", "fest_ked_u2.wav"]
+NO_ORT_MESSAGE = 'ONNX Runtime is not installed: pip install "bob.learn.pytorch[fast]"'
 
 
 def run(*args):
@@ -69,6 +75,27 @@ def unseen_recording(tmp_path):
     path.parent.mkdir(parents=True)
     scipy.io.wavfile.write(path, 22050, resampled.astype(numpy.float32))
     return path
+
+
+@pytest.fixture
+def loaded_extractors(monkeypatch):
+    """The extractors ``bob pytorch`` builds during the test, in order."""
+    built = []
+    load = cli.load_extractor
+
+    def recording_load(*args, **kwargs):
+        extractor = load(*args, **kwargs)
+        built.append(extractor)
+        return extractor
+
+    monkeypatch.setattr(cli, "load_extractor", recording_load)
+    return built
+
+
+@pytest.fixture
+def without_onnxruntime(monkeypatch):
+    """Behave as if the ``fast`` extra (onnx and onnxruntime) were not installed."""
+    monkeypatch.setattr(ort_backend, "available", lambda: False)
 
 
 @pytest.fixture
@@ -240,6 +267,73 @@ def test_usage_errors_exit_2_naming_the_problem(tmp_path, drn_file, arguments, w
     assert not folder.exists()
 
 
+@pytest.mark.parametrize("backend", ["eager", "torchscript", "onnxruntime"])
+def test_backend_option_reaches_the_extractor_and_keeps_the_embeddings(
+    tmp_path, drn_file, drn_extractor, loaded_extractors, backend
+):
+    if backend == "onnxruntime" and not ort_backend.available():
+        pytest.skip("the fast extra (onnx, onnxruntime) is not installed")
+    output = tmp_path / f"{backend}.h5"
+    inputs = [SPEECH / name for name in GOOD]
+    result = run("extract-audio", *inputs, "-o", output, "--model", drn_file, "--backend", backend, "-q")
+    assert result.exit_code == 0, result.output
+    (extractor,) = loaded_extractors
+    assert extractor.backend == backend
+    assert extractor._fast.runner_backend(extractor.network) == backend
+    stored = hdf5_contents(output)
+    assert drn_extractor.backend == "auto"
+    for name, path in zip(["flite_kal_u1", "fest_ked_u2"], inputs):
+        numpy.testing.assert_allclose(stored[name], drn_extractor(read_wav(path)), atol=1e-5, rtol=0)
+
+
+def test_backend_defaults_to_auto(tmp_path, drn_file, loaded_extractors):
+    result = run("extract-audio", SPEECH / GOOD[0], "-o", tmp_path / "auto.h5", "--model", drn_file, "-q")
+    assert result.exit_code == 0, result.output
+    (extractor,) = loaded_extractors
+    assert extractor.backend == "auto"
+    expected = "onnxruntime" if ort_backend.available() else "torchscript"
+    assert extractor._fast.runner_backend(extractor.network) == expected
+
+
+def test_an_unknown_backend_is_refused_by_click(tmp_path, drn_file, loaded_extractors):
+    output = tmp_path / "out" / "x.h5"
+    result = run("extract-audio", SPEECH / GOOD[0], "-o", output, "--model", drn_file, "--backend", "fastest")
+    assert result.exit_code == 2
+    assert (
+        "Invalid value for '--backend': 'fastest' is not one of 'auto', 'onnxruntime', 'torchscript', 'eager'"
+        in result.stderr
+    )
+    assert not loaded_extractors and not output.parent.exists()
+
+
+def test_explicit_onnxruntime_without_it_stops_with_the_install_hint(
+    tmp_path, drn_file, loaded_extractors, without_onnxruntime
+):
+    output = tmp_path / "out" / "x.h5"
+    result = run("extract-audio", SPEECH / GOOD[0], "-o", output, "--model", drn_file, "--backend", "onnxruntime")
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert result.stderr.strip() == f"Error: {NO_ORT_MESSAGE}"
+    assert not loaded_extractors and not output.parent.exists()
+
+
+def test_load_extractor_turns_a_missing_onnxruntime_into_a_click_error(drn_file, without_onnxruntime):
+    with pytest.raises(click.ClickException, match=re.escape(NO_ORT_MESSAGE)):
+        cli.load_extractor(str(drn_file), use_res=False, backend="onnxruntime")
+
+
+def test_auto_without_onnxruntime_uses_torchscript(
+    tmp_path, drn_file, drn_extractor, loaded_extractors, without_onnxruntime
+):
+    output = tmp_path / "auto.h5"
+    result = run("extract-audio", SPEECH / GOOD[0], "-o", output, "--model", drn_file)
+    assert result.exit_code == 0, result.output
+    (extractor,) = loaded_extractors
+    assert extractor._fast.runner_backend(extractor.network) == "torchscript"
+    expected = drn_extractor(read_wav(SPEECH / GOOD[0]))
+    numpy.testing.assert_allclose(hdf5_contents(output)["flite_kal_u1"], expected, atol=1e-5, rtol=0)
+
+
 def test_two_recordings_with_one_name_are_refused_before_any_work(tmp_path, drn_file):
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
@@ -332,6 +426,45 @@ def test_info_shows_paths_sources_and_keys(isolated_settings, drn_file):
     for key in ("rn_modelpath", "rn_url", "drn_url", "drn_sha256", "download_timeout"):
         assert f"bob.learn.pytorch.extractor.audio.{key}" in text
     assert "https://www.idiap.ch/" in text and "package data folder" in text
+
+
+def backend_section(text):
+    """The lines of ``info``'s last section, the one on network backends."""
+    section = text.strip().split("\n\n")[-1].splitlines()
+    assert section[0].startswith("network backends (extract-audio --backend")
+    return section[1:]
+
+
+@pytest.fixture
+def no_network_built(monkeypatch):
+    """Any attempt to build a network or a frame runner fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("info must not build a network")
+
+    monkeypatch.setattr(PretrainedModel, "build", refuse)
+    monkeypatch.setattr(cli.fast, "build_frame_runner", refuse)
+
+
+def test_info_shows_the_backends_with_onnxruntime(monkeypatch, no_network_built):
+    monkeypatch.setattr(ort_backend, "available", lambda: True)
+    result = run("info")
+    assert result.exit_code == 0, result.output
+    assert backend_section(result.stdout) == [
+        "  available:    onnxruntime, torchscript, eager",
+        "  auto uses:    onnxruntime (fallbacks: torchscript, eager; each form is checked against eager when built)",
+    ]
+    assert "pip install" not in result.stdout
+
+
+def test_info_shows_the_backends_and_the_install_hint_without_onnxruntime(without_onnxruntime, no_network_built):
+    result = run("info")
+    assert result.exit_code == 0, result.output
+    assert backend_section(result.stdout) == [
+        "  available:    torchscript, eager",
+        "  auto uses:    torchscript (fallbacks: eager; each form is checked against eager when built)",
+        f"  missing:      {NO_ORT_MESSAGE}",
+    ]
 
 
 def test_download_models_keeps_a_present_file_without_network(isolated_settings, drn_file):

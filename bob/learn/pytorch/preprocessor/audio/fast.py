@@ -134,10 +134,8 @@ def build_frame_runner(network: SpeakerEmbeddingNet, backend: str = "auto") -> R
 
     Raises
     ------
-    ValueError
-        If ``backend`` is not one of :data:`BACKENDS`.
-    ImportError
-        If ``backend`` is ``"onnxruntime"`` and ONNX Runtime is not installed.
+    ValueError, ImportError
+        From :func:`check_backend`; ValueError also for a network in train mode.
     """
     check_backend(backend)
     if network.training:
