@@ -21,7 +21,7 @@ from ... import io
 from ...checkpoint import clean_state_dict, load_state_dict_strictly, read_checkpoint
 from ...model_files import ensure_model_file
 from .embedding import MIN_FRAMES, check_specs, embed_spectrogram, standardize
-from .fast import FastForward, check_backend, supports_fast_path
+from .fast import FastForward, supports_fast_path
 from .frontend import TARGET_RATE, frame_geometry, mono_samples, prepare_signal, spectrogram, unpack_audio
 from .streaming import STREAMING_MIN_FRAMES, SignalSpectrogram, SpectrogramArray, embed_long, signal_source
 from .weights import DLTRESNET34_VOXCELEB, RESNET34_VOXCELEB, PretrainedModel
@@ -138,8 +138,8 @@ class DltResNetExtractor(Preprocessor):
         self.pretrained: PretrainedModel = RESNET34_VOXCELEB if use_res else DLTRESNET34_VOXCELEB
         self._lock = threading.Lock()
         self._network: Optional[torch.nn.Module] = None
-        self.backend = check_backend(backend)
-        self._fast = FastForward(backend)
+        self._fast = FastForward(backend)  # checks the name (and that ONNX Runtime is there if named)
+        self.backend = self._fast.backend
         self.model_path: Optional[str] = None
         if test:
             self._network = self.pretrained.build(num_classes, bn_dim).to(self.device)
