@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from bob.learn.pytorch.preprocessor.audio import DltResNet as extractor_module
 from bob.learn.pytorch.preprocessor.audio import DltResNetExtractor, ResNetExtractor, fast, ort_backend, streaming
-from bob.learn.pytorch.preprocessor.audio.embedding import embed_spectrogram
+from bob.learn.pytorch.preprocessor.audio.embedding import embed_spectrogram, standardize, standardized_batch
 from bob.learn.pytorch.preprocessor.audio.fast import RUNNER_FRAMES_RTOL, FastForward, embedding_head
 from bob.learn.pytorch.preprocessor.audio.frontend import prepare_signal, spectrogram
 
@@ -287,6 +287,28 @@ def test_fast_forward_falls_back_for_non_embedding_modes(drn_file):
     fast = FastForward()
     assert fast.embed(network) is network
     assert fast.frames(network) == network.forward_frames
+
+
+# -- standardisation --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [numpy.float64, numpy.float32])
+@pytest.mark.parametrize("n_frames", [37, 298, 1001])
+def test_standardize_is_bit_identical_to_the_plain_numpy_expression(dtype, n_frames):
+    rng = numpy.random.default_rng(n_frames)
+    chunk = (numpy.abs(rng.standard_normal((n_frames, 257))) * rng.uniform(0.1, 1000, 257)).astype(dtype)
+    before = chunk.copy()
+    plain = (chunk - chunk.mean(axis=0)) / (chunk.std(axis=0) + 1e-7)
+    result = standardize(chunk)
+    assert result.dtype == dtype
+    numpy.testing.assert_array_equal(result, plain)
+    numpy.testing.assert_array_equal(chunk, before)
+    other = chunk[::-1] * 2
+    batch = standardized_batch([chunk, other])
+    assert batch.shape == (2, 1, n_frames, 257) and batch.dtype == numpy.float32
+    numpy.testing.assert_array_equal(batch[0, 0], plain.astype(numpy.float32))
+    other_plain = (other - other.mean(axis=0)) / (other.std(axis=0) + 1e-7)
+    numpy.testing.assert_array_equal(batch[1, 0], other_plain.astype(numpy.float32))
 
 
 # -- batch API --------------------------------------------------------------------------------------

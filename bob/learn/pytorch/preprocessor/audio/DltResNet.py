@@ -20,7 +20,7 @@ from bob.bio.base.preprocessor import Preprocessor
 from ... import io
 from ...checkpoint import clean_state_dict, load_state_dict_strictly, read_checkpoint
 from ...model_files import ensure_model_file
-from .embedding import MIN_FRAMES, check_specs, embed_spectrogram, standardize
+from .embedding import MIN_FRAMES, check_specs, embed_spectrogram, standardized_batch
 from .fast import FastForward, supports_fast_path
 from .frontend import TARGET_RATE, frame_geometry, mono_samples, prepare_signal, spectrogram, unpack_audio
 from .streaming import STREAMING_MIN_FRAMES, SignalSpectrogram, SpectrogramArray, embed_long, signal_source
@@ -282,7 +282,7 @@ class DltResNetExtractor(Preprocessor):
             for start in range(0, len(members), size):
                 batch = members[start : start + size]
                 specs = [_indexed(i, self._whole_spectrogram, audios[i]) for i in batch]
-                inputs = numpy.stack([standardize(spec) for spec in specs]).astype(numpy.float32)[:, None]
+                inputs = standardized_batch(specs)
                 with torch.inference_mode():
                     rows = forward(torch.from_numpy(inputs).to(device)).float().cpu().numpy()
                 for i, row in zip(batch, rows):

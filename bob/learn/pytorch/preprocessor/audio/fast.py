@@ -27,7 +27,6 @@ network's weights, mode or device, or torch's thread count, change; networks in
 train mode, networks without ``forward_frames`` and devices other than the CPU
 use the eager network unchanged.
 """
-import itertools
 import logging
 import threading
 import warnings
@@ -233,18 +232,21 @@ def _fingerprint(network: nn.Module, modules: Tuple[nn.Module, ...]) -> Optional
     changes its parent's children and so the fingerprint. Walking the cached
     modules' own dictionaries costs about a tenth of ``network.parameters()``.
     """
-    state = [getattr(network, "net_type", None)]
+    if any(module.training for module in modules):
+        return None
+    tensors = [
+        tensor
+        for module in modules
+        for group in (module._parameters, module._buffers)
+        for tensor in group.values()
+        if tensor is not None
+    ]
     try:
-        for module in modules:
-            if module.training:
-                return None
-            state.extend(id(child) for child in module._modules.values())
-            for tensor in itertools.chain(module._parameters.values(), module._buffers.values()):
-                if tensor is not None:
-                    state.append((tensor.data_ptr(), tensor._version))
+        versions = [tensor._version for tensor in tensors]
     except RuntimeError:  # inference tensors have no version counter
         return None
-    return tuple(state)
+    children = [tuple(map(id, module._modules.values())) for module in modules]
+    return getattr(network, "net_type", None), children, [tensor.data_ptr() for tensor in tensors], versions
 
 
 class FastForward:
