@@ -30,6 +30,18 @@ def assert_embeddings_close(actual, expected):
     numpy.testing.assert_allclose(actual, expected, rtol=0, atol=ATOL)
 
 
+def assert_vector_close(actual, expected):
+    """Compare an intermediate vector at the embeddings' tolerance, in its own units.
+
+    The pooled vector (norm about 20) and the embedding layer's raw output (about
+    10) are the embedding before normalisation: ``ATOL`` times their norm is the
+    embeddings' ``ATOL``. A flat 1e-5 would be float32 noise at their scale: the
+    AVX2 and AVX-512 kernels of the same torch differ by up to 1.7e-5 on them.
+    """
+    assert actual.shape == expected.shape
+    numpy.testing.assert_allclose(actual, expected, rtol=0, atol=ATOL * float(numpy.linalg.norm(expected)))
+
+
 @pytest.mark.parametrize("name", AUDIO)
 def test_prepared_signal_matches_original(name):
     data = load_fixture(name)
@@ -94,8 +106,8 @@ def test_intermediate_steps_match_original(extractors, net):
         pooled = network.forward_cnn(torch.from_numpy(normalized)[None, None])
         raw = network.em(pooled)
         embedding = network(torch.from_numpy(normalized)[None, None])
-    numpy.testing.assert_allclose(pooled.numpy(), data[f"{net}_prefc"], rtol=1e-5, atol=1e-5)
-    numpy.testing.assert_allclose(raw.numpy(), data[f"{net}_em_raw"], rtol=0, atol=1e-5)
+    assert_vector_close(pooled.numpy(), data[f"{net}_prefc"])
+    assert_vector_close(raw.numpy(), data[f"{net}_em_raw"])
     assert_embeddings_close(embedding.numpy(), data[f"{net}_emb"])
 
 

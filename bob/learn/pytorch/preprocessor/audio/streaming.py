@@ -258,11 +258,24 @@ def signal_source(
     samples = mono_samples(samples)
     peak = 0.0
     for start in range(0, len(samples), block_samples):
-        block = samples[start : start + block_samples]
-        check_finite(block)
-        peak = max(peak, float(numpy.max(numpy.abs(block.astype(numpy.float64)))))
+        peak = max(peak, _peak_magnitude(samples[start : start + block_samples]))
     check_magnitude(peak)
     return SignalSpectrogram(samples, INT16_SCALE if peak < 1 else 1.0, *settings)
+
+
+def _peak_magnitude(block: numpy.ndarray) -> float:
+    """Largest ``|sample|`` of a non-empty block, exactly, without a temporary copy.
+
+    Raises ``ValueError`` (from :func:`check_finite`) if the block holds NaN
+    or infinite samples: NumPy's ``max`` and ``min`` propagate NaN, so both are
+    finite only when every sample is.
+    """
+    if block.dtype.kind == "f":
+        high, low = float(block.max()), float(block.min())
+        if not (numpy.isfinite(high) and numpy.isfinite(low)):
+            check_finite(block)
+        return max(high, -low)
+    return float(max(int(block.max()), -int(block.min())))  # Python ints: -(-32768) fits
 
 
 def column_statistics(source: Any, block_frames: int = STATISTICS_BLOCK_FRAMES) -> Tuple[numpy.ndarray, numpy.ndarray]:
