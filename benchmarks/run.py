@@ -27,6 +27,7 @@ ratios, which are measured within one process.
 import argparse
 import json
 import os
+import platform
 import resource
 import subprocess
 import sys
@@ -215,11 +216,24 @@ def measure_memory(args: argparse.Namespace, path: str) -> Dict[str, float]:
 # -- report -------------------------------------------------------------------------------------------
 
 
+def cpu_model() -> str:
+    """The processor's name from /proc/cpuinfo (Linux), else what :mod:`platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def print_report(
     rows: List[Dict[str, float]], memory: Dict[str, float], args, backend: str, load_before, load_after
 ) -> None:
+    print(f"{cpu_model()} ({torch.backends.cpu.get_cpu_capability()} kernels), {os.cpu_count()} CPUs")
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, net={args.net}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, net={args.net}, "
         f"backend={backend} (--backend {args.backend})"
     )
     print(f"load average before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
@@ -281,7 +295,9 @@ def main(argv=None) -> None:
         backend = extractor._fast.runner_backend(extractor.network)
     print_report(rows, memory, args, backend, load_before, os.getloadavg())
     if args.json:
-        Path(args.json).write_text(json.dumps({"backend": backend, "speed": rows, "memory": memory}, indent=2))
+        machine = {"cpu": cpu_model(), "kernels": torch.backends.cpu.get_cpu_capability(), "cpus": os.cpu_count()}
+        report = {"machine": machine, "backend": backend, "speed": rows, "memory": memory}
+        Path(args.json).write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
