@@ -4,10 +4,11 @@ The frame body (everything before the statistics pooling) is exported once
 with the TorchScript-based ONNX exporter, the time and batch axes left free,
 and handed to an ONNX Runtime session on the CPU. ONNX Runtime folds the
 BatchNorms, fuses ReLUs and residual additions into its convolutions and runs
-them in its blocked ``NCHWc`` layout; on the 2-core development machine this
-is about 1.3 times faster than the frozen TorchScript graph and 1.6 times
-faster than the eager network (``doc/performance.rst``), within 1e-5 of the
-eager frame features relative to their largest value.
+them in its blocked ``NCHWc`` layout. On the 2-core development machines
+this is about 1.6 times faster than the eager network (1.5 to 1.7 on AVX2)
+and, on AVX-512, 1.3 times faster than the frozen TorchScript graph
+(``doc/performance.rst``), within 1e-5 of the eager frame features relative
+to their largest value.
 
 Install the two packages with ``pip install "bob.learn.pytorch[fast]"``;
 without them :func:`available` is False and
