@@ -434,6 +434,31 @@ def test_signal_source_checks_like_prepare_signal():
         streaming.signal_source((100, numpy.zeros(16000)))
 
 
+@pytest.mark.parametrize(
+    "samples, scale",
+    [
+        (numpy.array([-32768, 0, 0] * 200, dtype=numpy.int16), 1.0),  # |int16 min| does not wrap to -32768
+        (numpy.zeros(600, dtype=numpy.int16), 2.0**15),  # all-zero audio is "scaled", harmlessly, as in the original
+        (numpy.array([255, 0] * 300, dtype=numpy.uint8), 1.0),
+        (numpy.array([-1.0, 0.5] * 300), 1.0),  # a peak of exactly 1 is not scaled
+        (numpy.array([-0.999, 0.5] * 300, dtype=numpy.float32), 2.0**15),
+    ],
+    ids=["int16-min", "zeros", "uint8", "float-peak-1", "float32-below-1"],
+)
+def test_signal_source_scales_like_prepare_signal(samples, scale):
+    source = streaming.signal_source((16000, samples), block_samples=128)
+    assert source.scale == scale
+    numpy.testing.assert_array_equal(source.signal(0, len(samples)), prepare_signal((16000, samples)))
+
+
+@pytest.mark.parametrize("bad", [numpy.nan, numpy.inf, -numpy.inf])
+def test_signal_source_finds_a_bad_sample_in_any_block(bad):
+    samples = numpy.full(1000, 0.25, dtype=numpy.float32)
+    samples[900] = bad
+    with pytest.raises(ValueError, match="audio contains 1 NaN or infinite sample"):
+        streaming.signal_source((16000, samples), block_samples=128)
+
+
 def test_column_statistics_equal_numpy():
     specs = whole_spectrogram((16000, long_signal()))
     mean, std = streaming.column_statistics(streaming.SpectrogramArray(specs), block_frames=333)
