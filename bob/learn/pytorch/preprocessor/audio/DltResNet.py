@@ -20,7 +20,7 @@ from bob.bio.base.preprocessor import Preprocessor
 from ... import io
 from ...checkpoint import clean_state_dict, load_state_dict_strictly, read_checkpoint
 from ...model_files import ensure_model_file
-from .embedding import MIN_FRAMES, check_specs, embed_spectrogram, standardized_batch
+from .embedding import MIN_FRAMES, check_specs, embed_chunks, embed_spectrogram
 from .fast import FastForward, supports_fast_path
 from .frontend import TARGET_RATE, frame_geometry, mono_samples, prepare_signal, spectrogram, unpack_audio
 from .streaming import STREAMING_MIN_FRAMES, SignalSpectrogram, SpectrogramArray, embed_long, signal_source
@@ -229,7 +229,7 @@ class DltResNetExtractor(Preprocessor):
         if source.n_frames >= self.streaming_min_frames and supports_fast_path(network):
             return embed_long(network, self._fast.frames(network), source, device=device)
         # the spectrogram of a checked signal: finite, float64, long enough, so one chunk as in extract_embeddings
-        return _embed_standardized(self._forward_for(network), [source.frames(0, source.n_frames)], device)
+        return embed_chunks(self._forward_for(network), [source.frames(0, source.n_frames)], device)
 
     def embed_many(self, audios: Sequence[Any], batch_size: int = 8) -> numpy.ndarray:
         """Embed many utterances; row ``i`` equals ``self(audios[i])[0]`` within rounding.
@@ -284,7 +284,7 @@ class DltResNetExtractor(Preprocessor):
             for start in range(0, len(members), size):
                 batch = members[start : start + size]
                 specs = [_indexed(i, self._whole_spectrogram, audios[i]) for i in batch]
-                rows = _embed_standardized(forward, specs, device)
+                rows = embed_chunks(forward, specs, device)
                 for i, row in zip(batch, rows):
                     result[i] = row
         return numpy.stack(result)
@@ -374,15 +374,6 @@ class DltResNetExtractor(Preprocessor):
     def __repr__(self) -> str:
         source = "random weights (test=True)" if self.test else self.model_path
         return f"{type(self).__name__}({self.pretrained.title}, model={source!r}, device='{self.device}')"
-
-
-def _embed_standardized(
-    forward: Callable[[torch.Tensor], torch.Tensor], specs: Sequence[numpy.ndarray], device: torch.device
-) -> numpy.ndarray:
-    """Embeddings ``(len(specs), D)`` of equally long spectrograms, each standardised whole, in one pass."""
-    inputs = standardized_batch(specs)
-    with torch.inference_mode():
-        return forward(torch.from_numpy(inputs).to(device)).float().cpu().numpy()
 
 
 def _frame_count(audio: Any) -> int:

@@ -19,6 +19,7 @@ __all__ = [
     "plan_batches",
     "standardize",
     "standardized_batch",
+    "embed_chunks",
     "check_specs",
     "embed_spectrogram",
 ]
@@ -157,8 +158,8 @@ def _usable(chunks: Sequence[Chunk]) -> List[bool]:
 
 def iter_batches(
     specs: numpy.ndarray, L: int, batch_size: int, min_length: int
-) -> Iterator[numpy.ndarray]:
-    """Yield the standardised float32 batches ``(B, 1, L, F)`` of the usable chunks."""
+) -> Iterator[List[numpy.ndarray]]:
+    """Yield the usable chunks of ``specs``, grouped into forward batches as the original did."""
     chunks = plan_chunks(len(specs), L, min_length)
     usable = _usable(chunks)
     if not any(usable):
@@ -170,7 +171,31 @@ def iter_batches(
     for batch in plan_batches(len(chunks), batch_size):
         members = [i for i in batch if usable[i]]
         if members:
-            yield standardized_batch([specs[slice(*chunks[i])] for i in members])
+            yield [specs[slice(*chunks[i])] for i in members]
+
+
+def embed_chunks(
+    forward: Callable[[torch.Tensor], torch.Tensor], chunks: Sequence[numpy.ndarray], device: Any = "cpu"
+) -> numpy.ndarray:
+    """Embeddings ``(len(chunks), D)`` of equally long chunks, each standardised on its own, in one pass.
+
+    Parameters
+    ----------
+    forward : callable
+        Maps a float32 tensor ``(B, 1, L, F)`` to ``(B, D)`` embeddings.
+    chunks : sequence of numpy.ndarray
+        ``(L, F)`` spectrogram chunks of one length.
+    device : str or torch.device
+        Where the input tensor is sent.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(len(chunks), D)``.
+    """
+    inputs = torch.from_numpy(standardized_batch(chunks))
+    with torch.inference_mode():
+        return forward(inputs.to(device, non_blocking=True)).float().cpu().numpy()
 
 
 def embed_spectrogram(
@@ -210,9 +235,5 @@ def embed_spectrogram(
     batch_size = _check_count("batch_size", batch_size)
     if batch_size == 0:
         raise ValueError("batch_size must be at least 1")
-    rows = []
-    with torch.inference_mode():
-        for batch in iter_batches(specs, L, batch_size, min_length):
-            tensor = torch.from_numpy(batch).to(device, non_blocking=True)
-            rows.append(forward(tensor).float().cpu().numpy())
-    return numpy.vstack(rows)
+    batches = iter_batches(specs, L, batch_size, min_length)
+    return numpy.vstack([embed_chunks(forward, chunks, device) for chunks in batches])
