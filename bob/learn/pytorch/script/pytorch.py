@@ -18,7 +18,7 @@ from clapper.click import AliasedGroup, verbosity_option
 
 from .. import model_files, settings
 from ..errors import CheckpointError, ModelDownloadError, SettingsError
-from ..preprocessor.audio import DltResNetExtractor, ResNetExtractor, fast, ort_backend
+from ..preprocessor.audio import DltResNetExtractor, ResNetExtractor, fast
 from ..preprocessor.audio.embedding import MIN_FRAMES
 from ..preprocessor.audio.weights import DLTRESNET34_VOXCELEB, RESNET34_VOXCELEB, PretrainedModel
 from . import extract as extraction
@@ -88,7 +88,7 @@ def check_backend(backend: str) -> str:
     """``--backend`` if it can be used here; a one-line error (exit status 1) naming the fix otherwise.
 
     Click's choice has already refused unknown names; what is left is an
-    explicit ``onnxruntime`` without the ``fast`` extra installed.
+    explicit ``mnn`` or ``onnxruntime`` without the ``fast`` extra installed.
     """
     try:
         return fast.check_backend(backend)
@@ -177,7 +177,7 @@ def pytorch() -> None:
     default="auto",
     show_default=True,
     type=click.Choice(BACKEND_CHOICES),
-    help="Form of the network on the CPU. auto: onnxruntime when installed (the fast extra), else torchscript. "
+    help="Form of the network on the CPU. auto: mnn, else onnxruntime when installed (the fast extra), else torchscript. "
     "A form that fails its check against eager is skipped with a warning (eager is the last resort).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
@@ -389,11 +389,11 @@ def available_backends() -> List[str]:
 
     Only checks which packages are installed: nothing is imported or built.
     """
-    return [name for name in BACKEND_CHOICES if name != "auto" and (name != "onnxruntime" or ort_backend.available())]
+    return [name for name in BACKEND_CHOICES if name != "auto" and fast.backend_available(name)]
 
 
 def auto_backend() -> str:
-    """The form ``backend="auto"`` tries first here: ``"onnxruntime"`` when installed, else ``"torchscript"``."""
+    """The form ``backend="auto"`` tries first here: the first of :data:`fast.AUTO_BACKENDS` installed."""
     return next(name for name in fast.AUTO_BACKENDS if name in available_backends())
 
 
@@ -407,10 +407,11 @@ def describe_backends() -> List[str]:
         f"  available:    {', '.join(available)}",
         f"  auto uses:    {first} (fallbacks: {fallbacks}; each form is checked against eager when built)",
     ]
-    try:
-        fast.check_backend("onnxruntime")
-    except ImportError as error:
-        lines.append(f"  missing:      {_one_line(error)}")
+    for name in fast.AUTO_BACKENDS:
+        try:
+            fast.check_backend(name)
+        except ImportError as error:
+            lines.append(f"  missing:      {_one_line(error)}")
     return lines
 
 

@@ -16,7 +16,7 @@ import scipy.io.wavfile
 import scipy.signal
 from click.testing import CliRunner
 
-from bob.learn.pytorch.preprocessor.audio import ort_backend
+from bob.learn.pytorch.preprocessor.audio import fast, mnn_backend, ort_backend
 from bob.learn.pytorch.preprocessor.audio.weights import PretrainedModel
 from bob.learn.pytorch.script import extract
 from bob.learn.pytorch.script import pytorch as cli
@@ -28,6 +28,7 @@ DRN_PATH_KEY = "bob.learn.pytorch.extractor.audio.drn_modelpath"
 DRN_URL_KEY = "bob.learn.pytorch.extractor.audio.drn_url"
 GOOD = ["flite_kal_u1.wav", "fest_ked_u2.wav"]
 NO_ORT_MESSAGE = 'ONNX Runtime is not installed: pip install "bob.learn.pytorch[fast]"'
+NO_MNN_MESSAGE = 'MNN is not installed: pip install "bob.learn.pytorch[fast]"'
 
 
 def run(*args):
@@ -94,8 +95,9 @@ def loaded_extractors(monkeypatch):
 
 @pytest.fixture
 def without_onnxruntime(monkeypatch):
-    """Behave as if the ``fast`` extra (onnx and onnxruntime) were not installed."""
+    """Behave as if the ``fast`` extra (onnx, onnxruntime and MNN) were not installed."""
     monkeypatch.setattr(ort_backend, "available", lambda: False)
+    monkeypatch.setattr(mnn_backend, "available", lambda: False)
 
 
 @pytest.fixture
@@ -267,12 +269,12 @@ def test_usage_errors_exit_2_naming_the_problem(tmp_path, drn_file, arguments, w
     assert not folder.exists()
 
 
-@pytest.mark.parametrize("backend", ["eager", "torchscript", "onnxruntime"])
+@pytest.mark.parametrize("backend", ["eager", "torchscript", "onnxruntime", "mnn"])
 def test_backend_option_reaches_the_extractor_and_keeps_the_embeddings(
     tmp_path, drn_file, drn_extractor, loaded_extractors, backend
 ):
-    if backend == "onnxruntime" and not ort_backend.available():
-        pytest.skip("the fast extra (onnx, onnxruntime) is not installed")
+    if not fast.backend_available(backend):
+        pytest.skip("the fast extra (onnx, onnxruntime, MNN) is not installed")
     output = tmp_path / f"{backend}.h5"
     inputs = [SPEECH / name for name in GOOD]
     result = run("extract-audio", *inputs, "-o", output, "--model", drn_file, "--backend", backend, "-q")
@@ -291,7 +293,7 @@ def test_backend_defaults_to_auto(tmp_path, drn_file, loaded_extractors):
     assert result.exit_code == 0, result.output
     (extractor,) = loaded_extractors
     assert extractor.backend == "auto"
-    expected = "onnxruntime" if ort_backend.available() else "torchscript"
+    expected = next(name for name in ("mnn", "onnxruntime", "torchscript") if fast.backend_available(name))
     assert extractor._fast.runner_backend(extractor.network) == expected
 
 
@@ -300,7 +302,7 @@ def test_an_unknown_backend_is_refused_by_click(tmp_path, drn_file, loaded_extra
     result = run("extract-audio", SPEECH / GOOD[0], "-o", output, "--model", drn_file, "--backend", "fastest")
     assert result.exit_code == 2
     assert (
-        "Invalid value for '--backend': 'fastest' is not one of 'auto', 'onnxruntime', 'torchscript', 'eager'"
+        "Invalid value for '--backend': 'fastest' is not one of 'auto', 'mnn', 'onnxruntime', 'torchscript', 'eager'"
         in result.stderr
     )
     assert not loaded_extractors and not output.parent.exists()
@@ -446,15 +448,28 @@ def no_network_built(monkeypatch):
     monkeypatch.setattr(cli.fast, "build_frame_runner", refuse)
 
 
-def test_info_shows_the_backends_with_onnxruntime(monkeypatch, no_network_built):
+def test_info_shows_the_backends_with_the_fast_extra(monkeypatch, no_network_built):
     monkeypatch.setattr(ort_backend, "available", lambda: True)
+    monkeypatch.setattr(mnn_backend, "available", lambda: True)
+    result = run("info")
+    assert result.exit_code == 0, result.output
+    assert backend_section(result.stdout) == [
+        "  available:    mnn, onnxruntime, torchscript, eager",
+        "  auto uses:    mnn (fallbacks: onnxruntime, torchscript, eager; each form is checked against eager when built)",
+    ]
+    assert "pip install" not in result.stdout
+
+
+def test_info_names_a_missing_mnn(monkeypatch, no_network_built):
+    monkeypatch.setattr(ort_backend, "available", lambda: True)
+    monkeypatch.setattr(mnn_backend, "available", lambda: False)
     result = run("info")
     assert result.exit_code == 0, result.output
     assert backend_section(result.stdout) == [
         "  available:    onnxruntime, torchscript, eager",
         "  auto uses:    onnxruntime (fallbacks: torchscript, eager; each form is checked against eager when built)",
+        f"  missing:      {NO_MNN_MESSAGE}",
     ]
-    assert "pip install" not in result.stdout
 
 
 def test_info_shows_the_backends_and_the_install_hint_without_onnxruntime(without_onnxruntime, no_network_built):
@@ -463,6 +478,7 @@ def test_info_shows_the_backends_and_the_install_hint_without_onnxruntime(withou
     assert backend_section(result.stdout) == [
         "  available:    torchscript, eager",
         "  auto uses:    torchscript (fallbacks: eager; each form is checked against eager when built)",
+        f"  missing:      {NO_MNN_MESSAGE}",
         f"  missing:      {NO_ORT_MESSAGE}",
     ]
 

@@ -20,7 +20,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bob.learn.pytorch.preprocessor.audio import DltResNet as extractor_module
-from bob.learn.pytorch.preprocessor.audio import DltResNetExtractor, ResNetExtractor, fast, ort_backend, streaming
+from bob.learn.pytorch.preprocessor.audio import (
+    DltResNetExtractor,
+    ResNetExtractor,
+    fast,
+    mnn_backend,
+    ort_backend,
+    streaming,
+)
 from bob.learn.pytorch.preprocessor.audio.embedding import embed_spectrogram, standardize, standardized_batch
 from bob.learn.pytorch.preprocessor.audio.fast import RUNNER_FRAMES_RTOL, FastForward, embedding_head
 from bob.learn.pytorch.preprocessor.audio.frontend import prepare_signal, spectrogram
@@ -60,14 +67,23 @@ def fresh_extractor(request, drn_file, rn_file):
 # -- optimised runner -------------------------------------------------------------------------------
 
 
-OPTIMISED_BACKENDS = ["onnxruntime", "torchscript"]
+OPTIMISED_BACKENDS = ["mnn", "onnxruntime", "torchscript"]
+#: The optional runtimes of the ``fast`` extra, with the name their install hint gives.
+OPTIONAL_RUNTIMES = {"mnn": (mnn_backend, "MNN"), "onnxruntime": (ort_backend, "ONNX Runtime")}
 
 
 @pytest.fixture(params=OPTIMISED_BACKENDS)
 def backend(request):
-    if request.param == "onnxruntime" and not ort_backend.available():
-        pytest.skip('ONNX Runtime is not installed (pip install ".[fast]")')
+    if not fast.backend_available(request.param):
+        pytest.skip(f'{request.param} is not installed (pip install ".[fast]")')
     return request.param
+
+
+@pytest.fixture
+def without_fast_extra(monkeypatch):
+    """Behave as if neither MNN nor ONNX Runtime were installed."""
+    for module, _ in OPTIONAL_RUNTIMES.values():
+        monkeypatch.setattr(module, "available", lambda: False)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +124,7 @@ def test_call_through_each_backend_matches_eager(net, backend, drn_file, rn_file
 
 
 def test_default_backend_is_the_fastest_installed(drn_extractor):
-    expected = "onnxruntime" if ort_backend.available() else "torchscript"
+    expected = next(name for name in ("mnn", "onnxruntime", "torchscript") if fast.backend_available(name))
     assert drn_extractor.backend == "auto"
     assert drn_extractor._fast.runner_backend(drn_extractor.network) == expected
 
@@ -123,21 +139,30 @@ def test_eager_backend_runs_the_network_itself(drn_file):
 
 
 def test_unknown_backend_is_refused(drn_file):
-    message = "backend must be one of 'auto', 'onnxruntime', 'torchscript', 'eager', got 'tensorrt'"
+    message = "backend must be one of 'auto', 'mnn', 'onnxruntime', 'torchscript', 'eager', got 'tensorrt'"
     with pytest.raises(ValueError, match=re.escape(message)):
         DltResNetExtractor(str(drn_file), backend="tensorrt")
     with pytest.raises(ValueError, match="backend must be one of"):
         fast.FastForward("ONNX")
 
 
-def test_onnxruntime_requested_but_missing_fails_at_construction(drn_file, monkeypatch):
-    monkeypatch.setattr(ort_backend, "available", lambda: False)
-    with pytest.raises(ImportError, match=re.escape('ONNX Runtime is not installed: pip install "bob.learn.pytorch[fast]"')):
-        DltResNetExtractor(str(drn_file), backend="onnxruntime")
+@pytest.mark.parametrize("name", ["mnn", "onnxruntime"])
+def test_optional_runtime_requested_but_missing_fails_at_construction(drn_file, monkeypatch, name):
+    module, title = OPTIONAL_RUNTIMES[name]
+    monkeypatch.setattr(module, "available", lambda: False)
+    with pytest.raises(ImportError, match=re.escape(f'{title} is not installed: pip install "bob.learn.pytorch[fast]"')):
+        DltResNetExtractor(str(drn_file), backend=name)
 
 
-def test_auto_without_onnxruntime_uses_torchscript(drn_file, monkeypatch, caplog):
-    monkeypatch.setattr(ort_backend, "available", lambda: False)
+def test_auto_without_mnn_uses_onnxruntime(drn_file, monkeypatch):
+    if not ort_backend.available():
+        pytest.skip('ONNX Runtime is not installed (pip install ".[fast]")')
+    monkeypatch.setattr(mnn_backend, "available", lambda: False)
+    extractor = DltResNetExtractor(str(drn_file))
+    assert extractor._fast.runner_backend(extractor.network) == "onnxruntime"
+
+
+def test_auto_without_the_fast_extra_uses_torchscript(drn_file, without_fast_extra, caplog):
     extractor = DltResNetExtractor(str(drn_file))
     with caplog.at_level(logging.WARNING, logger="bob.learn.pytorch"):
         assert extractor._fast.runner_backend(extractor.network) == "torchscript"
@@ -150,6 +175,7 @@ def test_failing_optimiser_falls_back_to_the_next_form(drn_file, monkeypatch, ca
 
     monkeypatch.setitem(fast._BUILDERS, "onnxruntime", broken)
     monkeypatch.setattr(ort_backend, "available", lambda: True)
+    monkeypatch.setattr(mnn_backend, "available", lambda: False)
     extractor = DltResNetExtractor(str(drn_file))
     audio = speech("flite_rms_u1")
     with caplog.at_level(logging.WARNING, logger="bob.learn.pytorch"):
@@ -185,7 +211,7 @@ def test_thread_count_changes_rebuild_the_runner(drn_file, backend):
     finally:
         torch.set_num_threads(threads)
     assert single is not double
-    if backend == "onnxruntime":
+    if backend in OPTIONAL_RUNTIMES:
         assert (single.threads, double.threads) == (1, 2)
     numpy.testing.assert_allclose(one_thread, two_threads, rtol=0, atol=ATOL)
 

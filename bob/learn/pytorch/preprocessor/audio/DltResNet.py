@@ -91,11 +91,11 @@ class DltResNetExtractor(Preprocessor):
     trust_checkpoint : bool
         Allow full unpickling of the model file. Only for files you trust:
         unpickling can run arbitrary code.
-    backend : {"auto", "onnxruntime", "torchscript", "eager"}
+    backend : {"auto", "mnn", "onnxruntime", "torchscript", "eager"}
         Form of the network on the CPU (see
         :func:`~bob.learn.pytorch.preprocessor.audio.fast.build_frame_runner`):
-        by default ONNX Runtime when installed (the ``fast`` extra), else
-        TorchScript. Every form is checked against the eager network when built.
+        by default MNN, else ONNX Runtime, when installed (the ``fast`` extra),
+        else TorchScript. Every form is checked against the eager network when built.
 
     Examples
     --------

@@ -6,19 +6,23 @@ the CPU, :func:`build_frame_runner` turns ``network.forward_frames``
 (everything before the pooling) into the fastest form available, checked
 against the eager network:
 
-1. ``"onnxruntime"``: the frame body exported to ONNX and run by ONNX Runtime
-   (:mod:`.ort_backend`; needs the ``fast`` extra). BatchNorm, ReLU and the
-   residual additions are fused into its convolutions.
-2. ``"torchscript"``: the frame body traced, frozen and passed through
+1. ``"mnn"``: the frame body exported to ONNX and run by MNN with Winograd
+   F(2x2, 3x3) convolutions (:mod:`.mnn_backend`; needs the ``fast`` extra),
+   which do 2.25 times fewer multiplications in the 3x3 convolutions.
+2. ``"onnxruntime"``: the same export run by ONNX Runtime
+   (:mod:`.ort_backend`; ``fast`` extra). BatchNorm, ReLU and the
+   residual additions are fused into its direct convolutions.
+3. ``"torchscript"``: the frame body traced, frozen and passed through
    :func:`torch.jit.optimize_for_inference` (BatchNorm folded, oneDNN kernels
    with pre-packed weights).
-3. ``"eager"``: the network itself.
+4. ``"eager"``: the network itself.
 
 The pooling and the embedding layer stay eager: they cost little and keep the
 original's float32 arithmetic. Measured on the 2-core development machines
 (``doc/performance.rst``), the forward pass of a 3 s utterance takes 10.5 ms
-with ONNX Runtime, 13.3 ms with TorchScript and 16.8 ms eagerly on AVX-512
-(33 ms with ONNX Runtime and 62 ms eagerly on AVX2);
+with ONNX Runtime, 13.3 ms with TorchScript and 16.8 ms eagerly on AVX-512;
+on AVX2, a 10 s utterance takes 75 to 90 ms with MNN, 100 to 110 ms with
+ONNX Runtime and 155 to 175 ms eagerly;
 ``torch.compile`` recompiles for every new input length or fails on
 channels-last inputs, and oneDNN Graph fusion returned wrong results for a
 second length.
@@ -38,13 +42,14 @@ import torch
 from torch import nn
 
 from ...architectures.utils import SpeakerEmbeddingNet, l2_normalize, statistics_pooling
-from . import ort_backend
+from . import mnn_backend, ort_backend
 
 __all__ = [
     "BACKENDS",
     "AUTO_BACKENDS",
     "FrameFeatures",
     "build_frame_runner",
+    "backend_available",
     "check_backend",
     "runner_backend",
     "embedding_head",
@@ -68,9 +73,11 @@ RUNNER_ATOL = 1e-5
 RUNNER_FRAMES_RTOL = 1e-4
 
 #: Forms a frame runner can take; ``"auto"`` picks the fastest available.
-BACKENDS = ("auto", "onnxruntime", "torchscript", "eager")
+BACKENDS = ("auto", "mnn", "onnxruntime", "torchscript", "eager")
 #: Order in which ``"auto"`` tries the optimised forms (fastest first, by measurement).
-AUTO_BACKENDS = ("onnxruntime", "torchscript")
+AUTO_BACKENDS = ("mnn", "onnxruntime", "torchscript")
+#: Forms that need optional packages (the ``fast`` extra): their modules and what is missing without them.
+_OPTIONAL_BACKENDS = {"mnn": (mnn_backend, "MNN"), "onnxruntime": (ort_backend, "ONNX Runtime")}
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
@@ -110,9 +117,9 @@ def build_frame_runner(network: SpeakerEmbeddingNet, backend: str = "auto") -> R
     """The fastest exact form of ``network.forward_frames`` for an eval-mode network.
 
     On the CPU, the backends of :data:`AUTO_BACKENDS` are tried in order
-    (``backend="auto"``), or only the one named: ONNX Runtime when installed
-    (:mod:`.ort_backend`), then a traced, frozen and inference-optimised
-    TorchScript graph. Each is checked against the eager network on
+    (``backend="auto"``), or only the one named: MNN (:mod:`.mnn_backend`) and
+    ONNX Runtime (:mod:`.ort_backend`) when installed, then a traced, frozen
+    and inference-optimised TorchScript graph. Each is checked against the eager network on
     :data:`PROBE_SHAPE` (another batch size and length than the export); one
     that fails to build or differs by more than :data:`RUNNER_FRAMES_RTOL`
     (frame features) or :data:`RUNNER_ATOL` (embeddings) is skipped with a
@@ -123,7 +130,7 @@ def build_frame_runner(network: SpeakerEmbeddingNet, backend: str = "auto") -> R
     ----------
     network : SpeakerEmbeddingNet
         Network in evaluation mode.
-    backend : {"auto", "onnxruntime", "torchscript", "eager"}
+    backend : {"auto", "mnn", "onnxruntime", "torchscript", "eager"}
         Which form to build.
 
     Returns
@@ -146,8 +153,8 @@ def build_frame_runner(network: SpeakerEmbeddingNet, backend: str = "auto") -> R
     for name in candidates:
         if name == "eager":
             break
-        if name == "onnxruntime" and not ort_backend.available():
-            logger.debug('ONNX Runtime is not installed (pip install "bob.learn.pytorch[fast]"); skipped')
+        if not backend_available(name):
+            logger.debug('%s is not installed (pip install "bob.learn.pytorch[fast]"); skipped', name)
             continue
         runner = _checked_runner(network, name)
         if runner is not None:
@@ -185,9 +192,16 @@ def _build_torchscript(body: FrameFeatures) -> Runner:
 
 
 _BUILDERS: Dict[str, Callable[[FrameFeatures], Runner]] = {
+    "mnn": mnn_backend.build_mnn_runner,
     "onnxruntime": ort_backend.build_onnxruntime_runner,
     "torchscript": _build_torchscript,
 }
+
+
+def backend_available(backend: str) -> bool:
+    """True if the packages ``backend`` needs are installed (always, for those without optional packages)."""
+    optional = _OPTIONAL_BACKENDS.get(backend)
+    return optional is None or optional[0].available()
 
 
 def check_backend(backend: str) -> str:
@@ -198,12 +212,13 @@ def check_backend(backend: str) -> str:
     ValueError
         If ``backend`` is not one of :data:`BACKENDS`.
     ImportError
-        If ``backend`` is ``"onnxruntime"`` and ONNX Runtime is not installed.
+        If ``backend`` is ``"mnn"`` or ``"onnxruntime"`` and its packages are not installed.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
-    if backend == "onnxruntime" and not ort_backend.available():
-        raise ImportError('ONNX Runtime is not installed: pip install "bob.learn.pytorch[fast]"')
+    if not backend_available(backend):
+        title = _OPTIONAL_BACKENDS[backend][1]
+        raise ImportError(f'{title} is not installed: pip install "bob.learn.pytorch[fast]"')
     return backend
 
 
@@ -264,7 +279,7 @@ class FastForward:
 
     Parameters
     ----------
-    backend : {"auto", "onnxruntime", "torchscript", "eager"}
+    backend : {"auto", "mnn", "onnxruntime", "torchscript", "eager"}
         Form of the runner (see :func:`build_frame_runner`).
     """
 
@@ -310,7 +325,7 @@ class FastForward:
         return lambda x: embedding_head(network, runner(x))
 
     def runner_backend(self, network: nn.Module) -> str:
-        """Form of the runner ``frames(network)`` uses: ``"onnxruntime"``, ``"torchscript"`` or ``"eager"``."""
+        """Form of the runner ``frames(network)`` uses: ``"mnn"``, ``"onnxruntime"``, ``"torchscript"`` or ``"eager"``."""
         return runner_backend(self.frames(network))
 
     def clear(self) -> None:
