@@ -21,8 +21,8 @@ The pooling and the embedding layer stay eager: they cost little and keep the
 original's float32 arithmetic. Measured on the 2-core development machines
 (``doc/performance.rst``), the forward pass of a 3 s utterance takes 10.5 ms
 with ONNX Runtime, 13.3 ms with TorchScript and 16.8 ms eagerly on AVX-512;
-on AVX2, a 10 s utterance takes 75 to 90 ms with MNN, 100 to 110 ms with
-ONNX Runtime and 155 to 175 ms eagerly;
+on AVX2, a 10 s utterance takes 69 ms with MNN, 98 ms with ONNX Runtime
+and 129 ms eagerly;
 ``torch.compile`` recompiles for every new input length or fails on
 channels-last inputs, and oneDNN Graph fusion returned wrong results for a
 second length.

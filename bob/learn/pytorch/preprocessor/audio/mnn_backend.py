@@ -5,7 +5,7 @@ F(2x2, 3x3) algorithm computes them with 2.25 times fewer multiplications and
 no more rounding than the direct convolution; MNN has tuned CPU kernels for it
 (AVX2, AVX-512 and ARM), which ONNX Runtime and PyTorch lack. Measured on the
 2-core AVX2 development machine (``doc/performance.rst``), the frame body runs
-1.1 to 1.4 times faster than with ONNX Runtime, within 1e-5 of the eager frame
+1.2 to 1.45 times faster than with ONNX Runtime, within 2e-5 of the eager frame
 features relative to their largest value.
 
 The frame body is exported to ONNX (:func:`.ort_backend.export_frame_body`),
