@@ -6,6 +6,8 @@ Tolerances as there: embeddings atol=1e-5, frame features 1e-4 of their
 largest value (``fast.RUNNER_FRAMES_RTOL``). No timings are tested.
 """
 import logging
+import multiprocessing
+import os
 import sys
 import threading
 
@@ -96,9 +98,9 @@ def test_larger_winograd_tiles_fail_the_check_and_are_not_used(extractors, monke
     assert "mnn network differs from the eager one" in caplog.text
 
 
-def test_an_unconvertible_model_raises_with_the_converter_messages(tmp_path, capfd):
+def test_an_unconvertible_model_raises_with_the_converter_messages(capfd):
     with pytest.raises(RuntimeError, match=r"MNN could not convert the exported network: .*not onnx model"):
-        mnn_backend.convert_onnx(b"not a model", str(tmp_path))
+        mnn_backend.convert_onnx(b"not a model")
     assert capfd.readouterr().out == ""
 
 
@@ -123,3 +125,47 @@ def test_missing_mnn_is_an_import_error_naming_the_extra(extractors, monkeypatch
     monkeypatch.setattr(mnn_backend, "available", lambda: False)
     with pytest.raises(ImportError, match=r'MNN is not installed: pip install "bob.learn.pytorch\[fast\]"'):
         mnn_backend.build_mnn_runner(FrameFeatures(extractors["drn"].network).eval())
+
+
+# -- processes made by fork ---------------------------------------------------------------------------
+
+#: The runner a forked child inherits (set by the test before forking).
+_INHERITED = {}
+
+
+def _frames_in_forked_child(seed):
+    """Run the inherited runner in a child process; return its frames and the warnings it logged."""
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger(mnn_backend.__name__).addHandler(handler)
+    x = torch.from_numpy(numpy.random.RandomState(seed).randn(1, 1, 150, 257).astype(numpy.float32))
+    return _INHERITED["runner"](x).numpy(), messages
+
+
+def test_a_forked_child_runs_the_inherited_runner_on_one_thread(mnn_runners):
+    """MNN's worker threads do not survive fork: without the reload on one thread, the child would hang."""
+    runner = mnn_runners["drn"]
+    if runner.threads == 1:
+        pytest.skip("needs a multi-threaded runner (torch.get_num_threads() > 1)")
+    x = torch.from_numpy(numpy.random.RandomState(5).randn(1, 1, 150, 257).astype(numpy.float32))
+    expected = runner(x).numpy()  # the parent has started MNN's threads
+    _INHERITED["runner"] = runner
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        frames, messages = pool.apply_async(_frames_in_forked_child, (5,)).get(timeout=120)
+    assert float(numpy.abs(frames - expected).max()) <= RUNNER_FRAMES_RTOL * float(numpy.abs(expected).max())
+    assert len(messages) == 1 and "so MNN runs on one thread in this process" in messages[0]
+    assert runner(x).numpy().tolist() == expected.tolist(), "the parent keeps its own threads"
+
+
+def test_thread_count_falls_to_one_only_in_a_child_of_the_pools_owner(monkeypatch, caplog):
+    monkeypatch.setattr(mnn_backend, "_threads_started_in", os.getpid())
+    assert mnn_backend._usable_threads(2) == 2
+    monkeypatch.setattr(mnn_backend, "_threads_started_in", os.getpid() + 1)
+    with caplog.at_level(logging.WARNING, logger=mnn_backend.__name__):
+        assert mnn_backend._usable_threads(2) == 1
+        assert mnn_backend._usable_threads(1) == 1
+    assert [record.getMessage().split(";")[0] for record in caplog.records] == [
+        f"MNN's worker threads were started in process {os.getpid() + 1}, from which this process "
+        f"{os.getpid()} was forked"
+    ]

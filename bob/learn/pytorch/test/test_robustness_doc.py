@@ -75,11 +75,12 @@ def _failed_download(tmp_path, monkeypatch):
         return DltResNetExtractor()
 
 
-def _without_onnxruntime(drn_file, monkeypatch):
-    from bob.learn.pytorch.preprocessor.audio import ort_backend
+def _without(module_name, backend, drn_file, monkeypatch):
+    """The extractor asked for ``backend`` while its optional runtime (``module_name``) is missing."""
+    from bob.learn.pytorch.preprocessor import audio
 
-    monkeypatch.setattr(ort_backend, "available", lambda: False)
-    return DltResNetExtractor(str(drn_file), backend="onnxruntime")
+    monkeypatch.setattr(getattr(audio, module_name), "available", lambda: False)
+    return DltResNetExtractor(str(drn_file), backend=backend)
 
 
 def cases(extractor, tmp_path, drn_file, rn_file, monkeypatch):
@@ -100,7 +101,8 @@ def cases(extractor, tmp_path, drn_file, rn_file, monkeypatch):
         "rate below 1000 Hz": lambda: extractor((800, NOISE)),
         "``annotations`` neither": lambda: extractor((16000, NOISE), "annotations"),
         "unknown ``backend`` name": lambda: DltResNetExtractor(str(drn_file), backend="tensorrt"),
-        '``backend="onnxruntime"`` without': lambda: _without_onnxruntime(drn_file, monkeypatch),
+        '``backend="onnxruntime"`` without': lambda: _without("ort_backend", "onnxruntime", drn_file, monkeypatch),
+        '``backend="mnn"`` without': lambda: _without("mnn_backend", "mnn", drn_file, monkeypatch),
         "spectrogram with a number of frequency bins": lambda: extractor.extract_embeddings(
             extractor.network, SPECS[:, :256], 0
         ),
@@ -123,7 +125,7 @@ def cases(extractor, tmp_path, drn_file, rn_file, monkeypatch):
 
 def test_table_covers_every_case():
     rows = table_rows()
-    assert len(rows) == 30
+    assert len(rows) == 31
     assert all(len(row) == 3 for row in rows)
 
 

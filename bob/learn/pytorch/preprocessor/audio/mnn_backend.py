@@ -17,6 +17,13 @@ converted to MNN's format in a temporary folder and loaded with
   the embeddings then moved by up to 3.6e-4 from the original's, 36 times
   the tolerance.
 
+MNN's worker threads belong to one process-wide pool, which a child
+process made by ``fork`` inherits without its threads: there, a
+multi-threaded MNN network, even a new one, would wait for them forever. A
+runner used in such a child therefore loads its network again, on one
+thread, and says so in a warning; processes started with ``spawn`` or
+``forkserver`` are unaffected.
+
 MNN is part of the ``fast`` extra (``pip install "bob.learn.pytorch[fast]"``).
 Only its runtime and its converter's compiled function are used: MNN's
 Python command-line wrappers (``MNN.tools``) send usage logs over the network
@@ -25,11 +32,12 @@ and are never imported here.
 import contextlib
 import ctypes
 import importlib.util
+import logging
 import os
 import sys
 import tempfile
 import threading
-from typing import Any, Callable, Iterator, List, Tuple, TypeVar
+from typing import Any, Callable, Iterator, List, Optional, Tuple, TypeVar
 
 import numpy
 import torch
@@ -45,6 +53,11 @@ _WINOGRAD_HINT_MODE = 3
 WINOGRAD_HINT = 1
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
+
+#: Process that started MNN's worker threads (None before a multi-threaded runner exists).
+_threads_started_in: Optional[int] = None
 
 
 def available() -> bool:
@@ -115,8 +128,8 @@ def _import_mnn() -> Tuple[Any, Any, Any]:
     return _quietly(load)[0]
 
 
-def convert_onnx(onnx_model: bytes, folder: str) -> str:
-    """Convert an ONNX model to MNN's format in ``folder``; return the new file's path.
+def convert_onnx(onnx_model: bytes) -> bytes:
+    """Convert an ONNX model to MNN's format (in a temporary folder) and return it.
 
     Raises
     ------
@@ -124,14 +137,16 @@ def convert_onnx(onnx_model: bytes, folder: str) -> str:
         If the converter wrote no model (its messages are in the error).
     """
     _, _, tools = _import_mnn()
-    source, target = os.path.join(folder, "frame_body.onnx"), os.path.join(folder, "frame_body.mnn")
-    with open(source, "wb") as stream:
-        stream.write(onnx_model)
-    arguments: List[str] = ["mnnconvert", "-f", "ONNX", "--modelFile", source, "--MNNModel", target]
-    _, output = _quietly(tools.mnnconvert, arguments + ["--bizCode", "bob.learn.pytorch"])
-    if not os.path.isfile(target) or os.path.getsize(target) == 0:
-        raise RuntimeError(f"MNN could not convert the exported network: {_one_line(output) or 'no message'}")
-    return target
+    with tempfile.TemporaryDirectory(prefix="bob-mnn-") as folder:
+        source, target = os.path.join(folder, "frame_body.onnx"), os.path.join(folder, "frame_body.mnn")
+        with open(source, "wb") as stream:
+            stream.write(onnx_model)
+        arguments: List[str] = ["mnnconvert", "-f", "ONNX", "--modelFile", source, "--MNNModel", target]
+        _, output = _quietly(tools.mnnconvert, arguments + ["--bizCode", "bob.learn.pytorch"])
+        if not os.path.isfile(target) or os.path.getsize(target) == 0:
+            raise RuntimeError(f"MNN could not convert the exported network: {_one_line(output) or 'no message'}")
+        with open(target, "rb") as stream:
+            return stream.read()
 
 
 class MnnFrameRunner:
@@ -139,9 +154,9 @@ class MnnFrameRunner:
 
     Parameters
     ----------
-    model_path : str
-        MNN model from :func:`convert_onnx`; read at construction, so the
-        file may be removed afterwards.
+    model : bytes
+        MNN model from :func:`convert_onnx`. It is kept, so that a child
+        process made by ``fork`` can load it again (see below).
     threads : int
         Threads of MNN's CPU backend (the extractor passes :func:`torch.get_num_threads`).
 
@@ -150,22 +165,21 @@ class MnnFrameRunner:
     One MNN module must not run two inputs at once, so calls from several
     threads take turns (each call already uses all the threads given).
     MNN's worker threads do not spin between calls.
+
+    In a child process made by ``fork`` after MNN's worker threads were
+    started, which they cannot follow, the first call loads the model again
+    on one thread (with a warning) and uses that; the results are the same
+    to float32 rounding.
     """
 
     backend = "mnn"
 
-    def __init__(self, model_path: str, threads: int) -> None:
-        self._expr, mnn_nn, _ = _import_mnn()
+    def __init__(self, model: bytes, threads: int) -> None:
+        self._expr, _, _ = _import_mnn()
+        self._model = model
         self.threads = max(1, int(threads))
-        config = {"backend": "CPU", "numThread": self.threads, "precision": "high"}
-
-        def load() -> Any:
-            runtime = mnn_nn.create_runtime_manager((config,))
-            runtime.set_hint(_WINOGRAD_HINT_MODE, WINOGRAD_HINT)
-            module = mnn_nn.load_module_from_file(model_path, [INPUT_NAME], [OUTPUT_NAME], runtime_manager=runtime)
-            return runtime, module
-
-        (self._runtime, self._module), _ = _quietly(load)
+        self._pid = os.getpid()
+        self._runtime, self._module = _load_module(model, _usable_threads(self.threads))
         self._lock = threading.Lock()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -173,14 +187,59 @@ class MnnFrameRunner:
         array = x.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
         expr = self._expr
         with self._lock:
+            if self._pid != os.getpid():
+                self._reload_after_fork()
             frames = self._module.forward(expr.const(array, list(array.shape), expr.NCHW))
             if frames.data_format != expr.NCHW:
                 frames = expr.convert(frames, expr.NCHW)
             result = numpy.array(frames.read())  # read() is a view of MNN's buffer, reused by the next call
         return torch.from_numpy(result)
 
+    def _reload_after_fork(self) -> None:
+        self._runtime, self._module = _load_module(self._model, _usable_threads(self.threads))
+        self._pid = os.getpid()
+
     def __repr__(self) -> str:
         return f"MnnFrameRunner(threads={self.threads}, winograd_hint={WINOGRAD_HINT})"
+
+
+def _usable_threads(threads: int) -> int:
+    """``threads``, or 1 (with a warning) in a forked child whose parent started MNN's worker threads.
+
+    The first multi-threaded runner claims the pool for its process.
+    """
+    global _threads_started_in
+    if threads == 1:
+        return 1
+    if _threads_started_in is None:
+        _threads_started_in = os.getpid()
+    if _threads_started_in == os.getpid():
+        return threads
+    logger.warning(
+        "MNN's worker threads were started in process %d, from which this process %d was forked; they "
+        "cannot run here, so MNN runs on one thread in this process (the 'spawn' start method keeps %d)",
+        _threads_started_in,
+        os.getpid(),
+        threads,
+    )
+    return 1
+
+
+def _load_module(model: bytes, threads: int) -> Tuple[Any, Any]:
+    """MNN runtime and module of ``model`` on ``threads`` threads, float32 and Winograd F(2x2, 3x3) only."""
+    _, mnn_nn, _ = _import_mnn()
+    config = {"backend": "CPU", "numThread": threads, "precision": "high"}
+    with tempfile.TemporaryDirectory(prefix="bob-mnn-") as folder:
+        path = os.path.join(folder, "frame_body.mnn")
+        with open(path, "wb") as stream:
+            stream.write(model)
+
+        def load() -> Tuple[Any, Any]:
+            runtime = mnn_nn.create_runtime_manager((config,))
+            runtime.set_hint(_WINOGRAD_HINT_MODE, WINOGRAD_HINT)
+            return runtime, mnn_nn.load_module_from_file(path, [INPUT_NAME], [OUTPUT_NAME], runtime_manager=runtime)
+
+        return _quietly(load)[0]
 
 
 def build_mnn_runner(body: nn.Module) -> MnnFrameRunner:
@@ -197,5 +256,4 @@ def build_mnn_runner(body: nn.Module) -> MnnFrameRunner:
     """
     if not available():
         raise ImportError('MNN is not installed: pip install "bob.learn.pytorch[fast]"')
-    with tempfile.TemporaryDirectory(prefix="bob-mnn-") as folder:
-        return MnnFrameRunner(convert_onnx(export_frame_body(body), folder), torch.get_num_threads())
+    return MnnFrameRunner(convert_onnx(export_frame_body(body)), torch.get_num_threads())
