@@ -9,7 +9,8 @@ no more rounding than the direct convolution; MNN has tuned CPU kernels for it
 features relative to their largest value.
 
 The frame body is exported to ONNX (:func:`.ort_backend.export_frame_body`),
-converted to MNN's format in a temporary folder and loaded with
+converted to MNN's format in a temporary folder (the converted network, about
+40 MB, is kept in memory) and loaded with
 
 * ``precision="high"``: float32 arithmetic throughout;
 * the Winograd hint at 1, which limits MNN to F(2x2, 3x3). Its default also
@@ -70,7 +71,9 @@ def _native_output_to(sink: Any) -> Iterator[None]:
     """Send whatever is written to file descriptors 1 and 2 (C code included) into ``sink`` while inside.
 
     MNN prints banners and conversion progress from C++ to the standard
-    output, where they would mix with a command's results.
+    output, where they would mix with a command's results. The redirection
+    holds for the whole process, so what other threads write meanwhile (at
+    most the second or two a build takes) goes to the sink too.
     """
     sys.stdout.flush()
     sys.stderr.flush()
