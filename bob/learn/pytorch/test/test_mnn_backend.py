@@ -116,6 +116,17 @@ def test_a_failing_native_call_keeps_its_output_in_the_error(capfd):
     assert capfd.readouterr().out == ""
 
 
+def test_a_process_without_standard_streams_still_builds(monkeypatch):
+    """With file descriptors 1 and 2 closed (a daemon), there is nothing to redirect: MNN runs as it is."""
+
+    def closed(descriptor):
+        raise OSError(9, "Bad file descriptor")
+
+    monkeypatch.setattr(mnn_backend.os, "dup", closed)
+    result, output = mnn_backend._quietly(lambda: 42)
+    assert (result, output) == (42, "")
+
+
 def test_runner_reports_its_settings(mnn_runners):
     assert repr(mnn_runners["drn"]) == f"MnnFrameRunner(threads={torch.get_num_threads()}, winograd_hint=1)"
     assert fast.runner_backend(mnn_runners["drn"]) == "mnn"

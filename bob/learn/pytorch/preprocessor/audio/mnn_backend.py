@@ -77,7 +77,11 @@ def _native_output_to(sink: Any) -> Iterator[None]:
     """
     sys.stdout.flush()
     sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
+    try:
+        saved = [os.dup(1), os.dup(2)]
+    except OSError:  # a process without standard output or error (a daemon): nothing to keep clean
+        yield
+        return
     try:
         os.dup2(sink.fileno(), 1)
         os.dup2(sink.fileno(), 2)
