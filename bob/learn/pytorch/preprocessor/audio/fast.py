@@ -119,12 +119,12 @@ def build_frame_runner(network: SpeakerEmbeddingNet, backend: str = "auto") -> R
     On the CPU, the backends of :data:`AUTO_BACKENDS` are tried in order
     (``backend="auto"``), or only the one named: MNN (:mod:`.mnn_backend`) and
     ONNX Runtime (:mod:`.ort_backend`) when installed, then a traced, frozen
-    and inference-optimised TorchScript graph. Each is checked against the eager network on
-    :data:`PROBE_SHAPE` (another batch size and length than the export); one
-    that fails to build or differs by more than :data:`RUNNER_FRAMES_RTOL`
-    (frame features) or :data:`RUNNER_ATOL` (embeddings) is skipped with a
-    warning. When none is left, or on other devices, or with
-    ``backend="eager"``, the eager method is returned.
+    and inference-optimised TorchScript graph. Each is checked against the
+    eager network on :data:`PROBE_SHAPE` (another batch size and length than
+    the export); one that fails to build or differs by more than
+    :data:`RUNNER_FRAMES_RTOL` (frame features) or :data:`RUNNER_ATOL`
+    (embeddings) is skipped with a warning. When none is left, or on other
+    devices, or with ``backend="eager"``, the eager method is returned.
 
     Parameters
     ----------
@@ -325,7 +325,7 @@ class FastForward:
         return lambda x: embedding_head(network, runner(x))
 
     def runner_backend(self, network: nn.Module) -> str:
-        """Form of the runner ``frames(network)`` uses: ``"mnn"``, ``"onnxruntime"``, ``"torchscript"`` or ``"eager"``."""
+        """Form of the runner ``frames(network)`` uses: ``"mnn"``, ``"onnxruntime"``, ``"torchscript"``, ``"eager"``."""
         return runner_backend(self.frames(network))
 
     def clear(self) -> None:

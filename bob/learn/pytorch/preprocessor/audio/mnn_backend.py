@@ -32,6 +32,7 @@ and are never imported here.
 """
 import contextlib
 import ctypes
+import functools
 import importlib.util
 import logging
 import os
@@ -122,8 +123,9 @@ def _quietly(function: Callable[..., T], *args: Any, **kwargs: Any) -> Tuple[T, 
         return result, sink.read().decode(errors="replace")
 
 
+@functools.lru_cache(maxsize=None)
 def _import_mnn() -> Tuple[Any, Any, Any]:
-    """MNN's ``expr`` and ``nn`` modules and its converter module, imported without their banner."""
+    """MNN's ``expr`` and ``nn`` modules and its converter module, imported (once) without their banner."""
 
     def load() -> Tuple[Any, Any, Any]:
         import _tools  # the converter's compiled module; MNN.tools would load the network logger
