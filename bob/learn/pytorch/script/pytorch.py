@@ -9,7 +9,7 @@ import contextlib
 import logging
 import os
 import sys
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import clapper.logging
 import click
@@ -385,27 +385,29 @@ def setting_keys(record: PretrainedModel) -> List[str]:
 
 
 def available_backends() -> List[str]:
-    """The forms of the network that can be built here, fastest first (``"auto"`` left out).
+    """The forms of the network that can be built here, in the order of ``BACKENDS`` (``"auto"`` left out).
 
     Only checks which packages are installed: nothing is imported or built.
     """
     return [name for name in BACKEND_CHOICES if name != "auto" and fast.backend_available(name)]
 
 
-def auto_backend() -> str:
-    """The form ``backend="auto"`` tries first here: the first of :data:`fast.AUTO_BACKENDS` installed."""
-    return next(name for name in fast.AUTO_BACKENDS if name in available_backends())
+def auto_candidates() -> Tuple[List[str], List[str]]:
+    """What ``backend="auto"`` does here: the forms it times (or TorchScript alone), then its fallbacks."""
+    available = available_backends()
+    chosen = [name for name in fast.TIMED_BACKENDS if name in available] or ["torchscript"]
+    fallbacks = [name for name in available if name not in chosen and name not in fast.TIMED_BACKENDS]
+    return chosen, fallbacks
 
 
 def describe_backends() -> List[str]:
     """The lines ``info`` prints about the network backends (``--backend``); nothing is built."""
-    available = available_backends()
-    first = auto_backend()
-    fallbacks = ", ".join(available[available.index(first) + 1 :])
+    chosen, fallbacks = auto_candidates()
+    uses = chosen[0] if len(chosen) == 1 else f"the faster of {' and '.join(chosen)}, timed when built"
     lines = [
         "network backends (extract-audio --backend; devices other than the CPU run eager):",
-        f"  available:    {', '.join(available)}",
-        f"  auto uses:    {first} (fallbacks: {fallbacks}; each form is checked against eager when built)",
+        f"  available:    {', '.join(available_backends())}",
+        f"  auto uses:    {uses} (fallbacks: {', '.join(fallbacks)}; each form is checked against eager when built)",
     ]
     for name in fast.AUTO_BACKENDS:
         try:

@@ -123,10 +123,82 @@ def test_call_through_each_backend_matches_eager(net, backend, drn_file, rn_file
     numpy.testing.assert_allclose(extractor(audio), expected, rtol=0, atol=ATOL)
 
 
-def test_default_backend_is_the_fastest_installed(drn_extractor):
-    expected = next(name for name in ("mnn", "onnxruntime", "torchscript") if fast.backend_available(name))
+def test_default_backend_is_a_timed_form_when_one_is_installed(drn_extractor):
+    timed = [name for name in fast.TIMED_BACKENDS if fast.backend_available(name)]
     assert drn_extractor.backend == "auto"
-    assert drn_extractor._fast.runner_backend(drn_extractor.network) == expected
+    assert drn_extractor._fast.runner_backend(drn_extractor.network) in (timed or ["torchscript"])
+
+
+@pytest.fixture
+def both_timed_forms():
+    missing = [name for name in fast.TIMED_BACKENDS if not fast.backend_available(name)]
+    if missing:
+        pytest.skip(f'{", ".join(missing)} not installed (pip install ".[fast]")')
+
+
+def fake_times(milliseconds):
+    """A stand-in for ``fast._seconds_to_run``: each form's time by its name, runs counted."""
+    runs = []
+
+    def seconds_to_run(runner, example):
+        assert tuple(example.shape) == fast.TIMING_SHAPE
+        runs.append(fast.runner_backend(runner))
+        return milliseconds[fast.runner_backend(runner)] / 1e3
+
+    return seconds_to_run, runs
+
+
+@pytest.mark.parametrize("winner, loser", [("mnn", "onnxruntime"), ("onnxruntime", "mnn")])
+def test_auto_keeps_the_faster_timed_form(drn_extractor, both_timed_forms, monkeypatch, caplog, winner, loser):
+    seconds_to_run, runs = fake_times({winner: 21.0, loser: 34.5})
+    monkeypatch.setattr(fast, "_seconds_to_run", seconds_to_run)
+    with caplog.at_level(logging.INFO, logger="bob.learn.pytorch.preprocessor.audio.fast"):
+        runner = fast.build_frame_runner(drn_extractor.network, "auto")
+    assert fast.runner_backend(runner) == winner
+    assert sorted(runs) == sorted(list(fast.TIMED_BACKENDS) * fast.TIMING_RUNS)
+    shown = {winner: "21.0", loser: "34.5"}
+    listed = ", ".join(f"{name} {shown[name]} ms" for name in fast.TIMED_BACKENDS)
+    expected = f"auto backend: {winner} is the fastest here (298-frame input, best of {fast.TIMING_RUNS}: {listed})"
+    assert expected in caplog.text
+
+
+@pytest.mark.parametrize("onnxruntime_ms, kept", [(30.0, "mnn"), (26.9, "onnxruntime")])
+def test_auto_keeps_the_first_timed_form_in_a_near_tie(
+    drn_extractor, both_timed_forms, monkeypatch, onnxruntime_ms, kept
+):
+    assert fast.TIMED_BACKENDS[0] == "mnn" and fast.TIMING_MARGIN == 0.9
+    seconds_to_run, _ = fake_times({"mnn": 30.0, "onnxruntime": onnxruntime_ms})
+    monkeypatch.setattr(fast, "_seconds_to_run", seconds_to_run)
+    assert fast.runner_backend(fast.build_frame_runner(drn_extractor.network, "auto")) == kept
+
+
+def test_auto_exports_the_network_once_for_both_timed_forms(drn_extractor, both_timed_forms, monkeypatch):
+    exports = []
+
+    def counted_export(body, *args, **kwargs):
+        exports.append(body)
+        return export(body, *args, **kwargs)
+
+    export = ort_backend.export_frame_body
+    monkeypatch.setattr(ort_backend, "export_frame_body", counted_export)
+    runner = fast.build_frame_runner(drn_extractor.network, "auto")
+    assert fast.runner_backend(runner) in fast.TIMED_BACKENDS
+    assert len(exports) == 1
+
+
+def test_a_timed_form_failing_its_build_leaves_the_other_untimed(drn_extractor, both_timed_forms, monkeypatch, caplog):
+    def broken(body):
+        raise RuntimeError("converter exploded")
+
+    def no_timing(runner, example):
+        raise AssertionError("a single form needs no timing")
+
+    monkeypatch.setitem(fast._BUILDERS, "mnn", broken)
+    monkeypatch.setattr(fast, "_seconds_to_run", no_timing)
+    with caplog.at_level(logging.WARNING, logger="bob.learn.pytorch"):
+        runner = fast.build_frame_runner(drn_extractor.network, "auto")
+    assert fast.runner_backend(runner) == "onnxruntime"
+    assert "mnn optimisation failed (RuntimeError: converter exploded); not used" in caplog.text
 
 
 def test_eager_backend_runs_the_network_itself(drn_file):
@@ -187,7 +259,7 @@ def test_failing_optimiser_falls_back_to_the_next_form(drn_file, monkeypatch, ca
 
 def test_optimiser_with_wrong_numbers_is_not_used(drn_file, monkeypatch, caplog):
     def off_by_a_little(body):
-        return lambda x: body(x) * 1.01
+        return lambda x: body.module(x) * 1.01
 
     monkeypatch.setitem(fast._BUILDERS, "torchscript", off_by_a_little)
     extractor = DltResNetExtractor(str(drn_file), backend="torchscript")

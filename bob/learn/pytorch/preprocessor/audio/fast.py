@@ -3,19 +3,26 @@
 The embedding networks are fully convolutional in time up to the statistics
 pooling, so one exported graph serves every input length and batch size. On
 the CPU, :func:`build_frame_runner` turns ``network.forward_frames``
-(everything before the pooling) into the fastest form available, checked
-against the eager network:
+(everything before the pooling) into one of these forms, each checked against
+the eager network when it is built:
 
-1. ``"mnn"``: the frame body exported to ONNX and run by MNN with Winograd
-   F(2x2, 3x3) convolutions (:mod:`.mnn_backend`; needs the ``fast`` extra),
-   which do 2.25 times fewer multiplications in the 3x3 convolutions.
-2. ``"onnxruntime"``: the same export run by ONNX Runtime
-   (:mod:`.ort_backend`; ``fast`` extra). BatchNorm, ReLU and the
-   residual additions are fused into its direct convolutions.
-3. ``"torchscript"``: the frame body traced, frozen and passed through
-   :func:`torch.jit.optimize_for_inference` (BatchNorm folded, oneDNN kernels
-   with pre-packed weights).
-4. ``"eager"``: the network itself.
+* ``"mnn"``: the frame body exported to ONNX and run by MNN with Winograd
+  F(2x2, 3x3) convolutions (:mod:`.mnn_backend`; needs the ``fast`` extra),
+  which do 2.25 times fewer multiplications in the 3x3 convolutions.
+* ``"onnxruntime"``: the same export run by ONNX Runtime
+  (:mod:`.ort_backend`; ``fast`` extra). BatchNorm, ReLU and the
+  residual additions are fused into its direct convolutions.
+* ``"torchscript"``: the frame body traced, frozen and passed through
+  :func:`torch.jit.optimize_for_inference` (BatchNorm folded, oneDNN kernels
+  with pre-packed weights).
+* ``"eager"``: the network itself.
+
+``"auto"`` builds the forms of :data:`TIMED_BACKENDS` that are installed,
+times them side by side on one 3 s input and keeps the faster, because which
+one wins depends on the processor: on the 2-core AVX2 development machine MNN
+is 1.2 to 1.45 times faster than ONNX Runtime, but the MNN wheels have no
+AVX-512 kernels, which ONNX Runtime uses where the processor has them.
+Without the ``fast`` extra, ``"auto"`` uses TorchScript.
 
 The pooling and the embedding layer stay eager: they cost little and keep the
 original's float32 arithmetic. Measured on the 2-core development machines
@@ -33,10 +40,12 @@ train mode, networks without ``forward_frames`` and devices other than the CPU
 use the eager network unchanged.
 """
 import logging
+import math
 import threading
+import time
 import warnings
 import weakref
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -47,6 +56,7 @@ from . import mnn_backend, ort_backend
 __all__ = [
     "BACKENDS",
     "AUTO_BACKENDS",
+    "TIMED_BACKENDS",
     "FrameFeatures",
     "build_frame_runner",
     "backend_available",
@@ -56,6 +66,9 @@ __all__ = [
     "supports_fast_path",
     "FastForward",
     "PROBE_SHAPE",
+    "TIMING_SHAPE",
+    "TIMING_RUNS",
+    "TIMING_MARGIN",
     "RUNNER_ATOL",
     "RUNNER_FRAMES_RTOL",
 ]
@@ -74,8 +87,17 @@ RUNNER_FRAMES_RTOL = 1e-4
 
 #: Forms a frame runner can take; ``"auto"`` picks the fastest available.
 BACKENDS = ("auto", "mnn", "onnxruntime", "torchscript", "eager")
-#: Order in which ``"auto"`` tries the optimised forms (fastest first, by measurement).
+#: The optimised forms ``"auto"`` considers: the :data:`TIMED_BACKENDS`, else TorchScript.
 AUTO_BACKENDS = ("mnn", "onnxruntime", "torchscript")
+#: The forms ``"auto"`` builds and times side by side, keeping the fastest (which depends on the processor).
+TIMED_BACKENDS = ("mnn", "onnxruntime")
+#: Input on which ``"auto"`` times the forms: one 3 s utterance (298 frames).
+TIMING_SHAPE = (1, 1, 298, 257)
+#: Timed runs of each form, interleaved after one warm-up run; the best counts.
+TIMING_RUNS = 5
+#: A form later in :data:`TIMED_BACKENDS` is kept only if its best time is below this
+#: fraction of the earlier one's: near ties, within the noise of a shared machine, keep the order.
+TIMING_MARGIN = 0.9
 #: Forms that need optional packages (the ``fast`` extra): their modules and what is missing without them.
 _OPTIONAL_BACKENDS = {"mnn": (mnn_backend, "MNN"), "onnxruntime": (ort_backend, "ONNX Runtime")}
 
@@ -116,15 +138,21 @@ def _network_device(network: nn.Module) -> torch.device:
 def build_frame_runner(network: SpeakerEmbeddingNet, backend: str = "auto") -> Runner:
     """The fastest exact form of ``network.forward_frames`` for an eval-mode network.
 
-    On the CPU, the backends of :data:`AUTO_BACKENDS` are tried in order
-    (``backend="auto"``), or only the one named: MNN (:mod:`.mnn_backend`) and
-    ONNX Runtime (:mod:`.ort_backend`) when installed, then a traced, frozen
-    and inference-optimised TorchScript graph. Each is checked against the
-    eager network on :data:`PROBE_SHAPE` (another batch size and length than
-    the export); one that fails to build or differs by more than
-    :data:`RUNNER_FRAMES_RTOL` (frame features) or :data:`RUNNER_ATOL`
-    (embeddings) is skipped with a warning. When none is left, or on other
-    devices, or with ``backend="eager"``, the eager method is returned.
+    On the CPU, ``backend="auto"`` builds the forms of :data:`TIMED_BACKENDS`
+    that are installed (MNN, :mod:`.mnn_backend`, and ONNX Runtime,
+    :mod:`.ort_backend`, from one ONNX export), times them on
+    :data:`TIMING_SHAPE` (best of :data:`TIMING_RUNS` interleaved runs) and
+    keeps the fastest, logging the times at INFO level; ONNX Runtime is
+    preferred only when it takes less than :data:`TIMING_MARGIN` of MNN's
+    time. When neither is installed or usable, ``"auto"`` builds a traced,
+    frozen and inference-optimised TorchScript graph. Another ``backend``
+    builds only the form named. Each
+    form is checked against the eager network on :data:`PROBE_SHAPE` (another
+    batch size and length than the export); one that fails to build or
+    differs by more than :data:`RUNNER_FRAMES_RTOL` (frame features) or
+    :data:`RUNNER_ATOL` (embeddings) is skipped with a warning. When none is
+    left, or on other devices, or with ``backend="eager"``, the eager method is
+    returned.
 
     Parameters
     ----------
@@ -147,28 +175,51 @@ def build_frame_runner(network: SpeakerEmbeddingNet, backend: str = "auto") -> R
     check_backend(backend)
     if network.training:
         raise ValueError("build_frame_runner needs a network in eval mode (call network.eval() first)")
-    if _network_device(network).type != "cpu":
+    if _network_device(network).type != "cpu" or backend == "eager":
         return network.forward_frames
-    candidates = AUTO_BACKENDS if backend == "auto" else (backend,)
-    for name in candidates:
-        if name == "eager":
-            break
+    body = _FrameBody(network)
+    if backend == "auto":
+        runner = _fastest(_checked_runners(network, TIMED_BACKENDS, body))
+        if runner is None:
+            runner = _checked_runner(network, "torchscript", body)
+    else:
+        runner = _checked_runner(network, backend, body)
+    return network.forward_frames if runner is None else runner
+
+
+class _FrameBody:
+    """A network's frame body and, exported on first use only, its ONNX form (shared by MNN and ONNX Runtime)."""
+
+    def __init__(self, network: SpeakerEmbeddingNet) -> None:
+        self.module = FrameFeatures(network).eval()
+        self._onnx: Optional[bytes] = None
+
+    def onnx(self) -> bytes:
+        if self._onnx is None:
+            self._onnx = ort_backend.export_frame_body(self.module)
+        return self._onnx
+
+
+def _checked_runners(network: SpeakerEmbeddingNet, backends: Sequence[str], body: _FrameBody) -> List[Runner]:
+    """The runners of those ``backends`` that are installed and pass their check."""
+    runners = []
+    for name in backends:
         if not backend_available(name):
             logger.debug('%s is not installed (pip install "bob.learn.pytorch[fast]"); skipped', name)
             continue
-        runner = _checked_runner(network, name)
+        runner = _checked_runner(network, name, body)
         if runner is not None:
-            return runner
-    return network.forward_frames
+            runners.append(runner)
+    return runners
 
 
-def _checked_runner(network: SpeakerEmbeddingNet, backend: str) -> Optional[Runner]:
+def _checked_runner(network: SpeakerEmbeddingNet, backend: str, body: _FrameBody) -> Optional[Runner]:
     """Build one backend's runner and probe it; None (with a warning) if either fails."""
     try:
-        runner = _BUILDERS[backend](FrameFeatures(network).eval())
+        runner = _BUILDERS[backend](body)
         frames_error, embedding_error = _probe_errors(network, runner)
-    except Exception as exc:  # noqa: BLE001 - any failure of an optional optimiser means: use the next one
-        logger.warning("%s optimisation failed (%s: %s); trying the next form", backend, type(exc).__name__, exc)
+    except Exception as exc:  # noqa: BLE001 - any failure of an optional optimiser means: use another form
+        logger.warning("%s optimisation failed (%s: %s); not used", backend, type(exc).__name__, exc)
         return None
     if not (frames_error <= RUNNER_FRAMES_RTOL and embedding_error <= RUNNER_ATOL):
         logger.warning(
@@ -182,6 +233,39 @@ def _checked_runner(network: SpeakerEmbeddingNet, backend: str) -> Optional[Runn
     return runner
 
 
+def _fastest(runners: Sequence[Runner]) -> Optional[Runner]:
+    """The runner with the shortest best time on :data:`TIMING_SHAPE`, within :data:`TIMING_MARGIN`; None if none."""
+    if len(runners) < 2:
+        return runners[0] if runners else None
+    example = torch.randn(TIMING_SHAPE, generator=torch.Generator().manual_seed(1))
+    best = [math.inf] * len(runners)
+    with torch.inference_mode():
+        for runner in runners:
+            runner(example)  # the first run allocates
+        for _ in range(TIMING_RUNS):
+            for index, runner in enumerate(runners):
+                best[index] = min(best[index], _seconds_to_run(runner, example))
+    winner = 0
+    for index in range(1, len(runners)):
+        if best[index] < TIMING_MARGIN * best[winner]:
+            winner = index
+    times = ", ".join(f"{runner_backend(runner)} {seconds * 1e3:.1f} ms" for runner, seconds in zip(runners, best))
+    logger.info(
+        "auto backend: %s is the fastest here (%d-frame input, best of %d: %s)",
+        runner_backend(runners[winner]),
+        TIMING_SHAPE[2],
+        TIMING_RUNS,
+        times,
+    )
+    return runners[winner]
+
+
+def _seconds_to_run(runner: Runner, example: torch.Tensor) -> float:
+    start = time.perf_counter()
+    runner(example)
+    return time.perf_counter() - start
+
+
 def _build_torchscript(body: FrameFeatures) -> Runner:
     with torch.no_grad(), warnings.catch_warnings():
         # TorchScript is deprecated (since torch 2.5) but still takes any input length
@@ -191,10 +275,10 @@ def _build_torchscript(body: FrameFeatures) -> Runner:
         return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
 
 
-_BUILDERS: Dict[str, Callable[[FrameFeatures], Runner]] = {
-    "mnn": mnn_backend.build_mnn_runner,
-    "onnxruntime": ort_backend.build_onnxruntime_runner,
-    "torchscript": _build_torchscript,
+_BUILDERS: Dict[str, Callable[[_FrameBody], Runner]] = {
+    "mnn": lambda body: mnn_backend.build_mnn_runner(body.module, body.onnx()),
+    "onnxruntime": lambda body: ort_backend.build_onnxruntime_runner(body.module, body.onnx()),
+    "torchscript": lambda body: _build_torchscript(body.module),
 }
 
 

@@ -2,11 +2,14 @@
 
 83% of the networks' arithmetic is in stride-1 3x3 convolutions. Winograd's
 F(2x2, 3x3) algorithm computes them with 2.25 times fewer multiplications and
-no more rounding than the direct convolution; MNN has tuned CPU kernels for it
-(AVX2, AVX-512 and ARM), which ONNX Runtime and PyTorch lack. Measured on the
-2-core AVX2 development machine (``doc/performance.rst``), the frame body runs
-1.2 to 1.45 times faster than with ONNX Runtime, within 2e-5 of the eager frame
-features relative to their largest value.
+no more rounding than the direct convolution; MNN has tuned CPU kernels for it,
+which ONNX Runtime and PyTorch lack. Measured on the 2-core AVX2 development
+machine (``doc/performance.rst``), the frame body runs 1.2 to 1.45 times
+faster than with ONNX Runtime, within 2e-5 of the eager frame features
+relative to their largest value. The MNN wheels on PyPI (3.6.1) hold AVX2 and
+FMA kernels but no AVX-512 ones (MNN's AVX-512 code is a build option they
+leave out), so on AVX-512 processors ONNX Runtime may be faster:
+``backend="auto"`` times both (:func:`.fast.build_frame_runner`).
 
 The frame body is exported to ONNX (:func:`.ort_backend.export_frame_body`),
 converted to MNN's format in a temporary folder (the converted network, about
@@ -251,10 +254,17 @@ def _load_module(model: bytes, threads: int) -> Tuple[Any, Any]:
         return _quietly(load)[0]
 
 
-def build_mnn_runner(body: nn.Module) -> MnnFrameRunner:
+def build_mnn_runner(body: nn.Module, onnx_model: Optional[bytes] = None) -> MnnFrameRunner:
     """Export a frame body to ONNX, convert it for MNN and load it (see :class:`MnnFrameRunner`).
 
     Uses :func:`torch.get_num_threads` threads.
+
+    Parameters
+    ----------
+    body : torch.nn.Module
+        The eval-mode frame body.
+    onnx_model : bytes, optional
+        ``export_frame_body(body)``, when it was already made; else it is made here.
 
     Raises
     ------
@@ -265,4 +275,4 @@ def build_mnn_runner(body: nn.Module) -> MnnFrameRunner:
     """
     if not available():
         raise ImportError('MNN is not installed: pip install "bob.learn.pytorch[fast]"')
-    return MnnFrameRunner(convert_onnx(export_frame_body(body)), torch.get_num_threads())
+    return MnnFrameRunner(convert_onnx(onnx_model or export_frame_body(body)), torch.get_num_threads())

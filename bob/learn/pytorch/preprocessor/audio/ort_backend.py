@@ -17,7 +17,7 @@ without them :func:`available` is False and
 import importlib.util
 import io
 import warnings
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -117,10 +117,17 @@ class OnnxFrameRunner:
         return f"OnnxFrameRunner(threads={self.threads})"
 
 
-def build_onnxruntime_runner(body: nn.Module) -> OnnxFrameRunner:
+def build_onnxruntime_runner(body: nn.Module, onnx_model: Optional[bytes] = None) -> OnnxFrameRunner:
     """Export a frame body (see :func:`export_frame_body`) and open an ONNX Runtime session for it.
 
     Uses :func:`torch.get_num_threads` intra-operator threads.
+
+    Parameters
+    ----------
+    body : torch.nn.Module
+        The eval-mode frame body.
+    onnx_model : bytes, optional
+        ``export_frame_body(body)``, when it was already made; else it is made here.
 
     Raises
     ------
@@ -129,4 +136,4 @@ def build_onnxruntime_runner(body: nn.Module) -> OnnxFrameRunner:
     """
     if not available():
         raise ImportError('ONNX Runtime is not installed: pip install "bob.learn.pytorch[fast]"')
-    return OnnxFrameRunner(export_frame_body(body), torch.get_num_threads())
+    return OnnxFrameRunner(onnx_model or export_frame_body(body), torch.get_num_threads())
