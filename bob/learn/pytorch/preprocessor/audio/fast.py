@@ -87,10 +87,10 @@ RUNNER_FRAMES_RTOL = 1e-4
 
 #: Forms a frame runner can take; ``"auto"`` picks the fastest available.
 BACKENDS = ("auto", "mnn", "onnxruntime", "torchscript", "eager")
-#: The optimised forms ``"auto"`` considers: the :data:`TIMED_BACKENDS`, else TorchScript.
-AUTO_BACKENDS = ("mnn", "onnxruntime", "torchscript")
 #: The forms ``"auto"`` builds and times side by side, keeping the fastest (which depends on the processor).
 TIMED_BACKENDS = ("mnn", "onnxruntime")
+#: The optimised forms ``"auto"`` considers: the :data:`TIMED_BACKENDS`, else TorchScript.
+AUTO_BACKENDS = TIMED_BACKENDS + ("torchscript",)
 #: Input on which ``"auto"`` times the forms: one 3 s utterance (298 frames).
 TIMING_SHAPE = (1, 1, 298, 257)
 #: Timed runs of each form, interleaved after one warm-up run; the best counts.
@@ -146,13 +146,12 @@ def build_frame_runner(network: SpeakerEmbeddingNet, backend: str = "auto") -> R
     preferred only when it takes less than :data:`TIMING_MARGIN` of MNN's
     time. When neither is installed or usable, ``"auto"`` builds a traced,
     frozen and inference-optimised TorchScript graph. Another ``backend``
-    builds only the form named. Each
-    form is checked against the eager network on :data:`PROBE_SHAPE` (another
-    batch size and length than the export); one that fails to build or
-    differs by more than :data:`RUNNER_FRAMES_RTOL` (frame features) or
-    :data:`RUNNER_ATOL` (embeddings) is skipped with a warning. When none is
-    left, or on other devices, or with ``backend="eager"``, the eager method is
-    returned.
+    builds only the form named. Each form is checked against the eager
+    network on :data:`PROBE_SHAPE` (another batch size and length than the
+    export); one that fails to build or differs by more than
+    :data:`RUNNER_FRAMES_RTOL` (frame features) or :data:`RUNNER_ATOL`
+    (embeddings) is skipped with a warning. When none is left, or on other
+    devices, or with ``backend="eager"``, the eager method is returned.
 
     Parameters
     ----------
