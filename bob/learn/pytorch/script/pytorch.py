@@ -9,7 +9,7 @@ import contextlib
 import logging
 import os
 import sys
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence
 
 import clapper.logging
 import click
@@ -392,22 +392,21 @@ def available_backends() -> List[str]:
     return [name for name in BACKEND_CHOICES if name != "auto" and fast.backend_available(name)]
 
 
-def auto_candidates() -> Tuple[List[str], List[str]]:
-    """What ``backend="auto"`` does here: the forms it times (or TorchScript alone), then its fallbacks."""
+def auto_candidates() -> List[str]:
+    """The forms ``backend="auto"`` tries here, in order, eager last: the first that passes its check is used."""
     available = available_backends()
-    chosen = [name for name in fast.TIMED_BACKENDS if name in available] or ["torchscript"]
-    fallbacks = [name for name in available if name not in chosen and name not in fast.TIMED_BACKENDS]
-    return chosen, fallbacks
+    return [name for name in fast.auto_backends() if name in available] + ["eager"]
 
 
 def describe_backends() -> List[str]:
     """The lines ``info`` prints about the network backends (``--backend``); nothing is built."""
-    chosen, fallbacks = auto_candidates()
-    uses = chosen[0] if len(chosen) == 1 else f"the faster of {' and '.join(chosen)}, timed when built"
+    uses, *fallbacks = auto_candidates()
+    processor = torch.backends.cpu.get_cpu_capability()
     lines = [
         "network backends (extract-audio --backend; devices other than the CPU run eager):",
         f"  available:    {', '.join(available_backends())}",
-        f"  auto uses:    {uses} (fallbacks: {', '.join(fallbacks)}; each form is checked against eager when built)",
+        f"  auto uses:    {uses} on this {processor} processor "
+        f"(fallbacks: {', '.join(fallbacks)}; each form is checked against eager when built)",
     ]
     for name in fast.AUTO_BACKENDS:
         try:

@@ -14,6 +14,7 @@ import numpy
 import pytest
 import scipy.io.wavfile
 import scipy.signal
+import torch
 from click.testing import CliRunner
 
 from bob.learn.pytorch.preprocessor.audio import fast, mnn_backend, ort_backend
@@ -293,8 +294,8 @@ def test_backend_defaults_to_auto(tmp_path, drn_file, loaded_extractors):
     assert result.exit_code == 0, result.output
     (extractor,) = loaded_extractors
     assert extractor.backend == "auto"
-    timed = [name for name in fast.TIMED_BACKENDS if fast.backend_available(name)]
-    assert extractor._fast.runner_backend(extractor.network) in (timed or ["torchscript"])
+    first = next(name for name in fast.auto_backends() if fast.backend_available(name))
+    assert extractor._fast.runner_backend(extractor.network) == first
 
 
 def test_an_unknown_backend_is_refused_by_click(tmp_path, drn_file, loaded_extractors):
@@ -448,37 +449,52 @@ def no_network_built(monkeypatch):
     monkeypatch.setattr(cli.fast, "build_frame_runner", refuse)
 
 
-def test_info_shows_the_backends_with_the_fast_extra(monkeypatch, no_network_built):
+@pytest.fixture
+def avx2_processor(monkeypatch):
+    """torch reports an AVX2 processor (as on the development machines), whatever this one is."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+
+
+@pytest.mark.parametrize(
+    "processor, order", [("AVX2", "mnn (fallbacks: onnxruntime"), ("AVX512", "onnxruntime (fallbacks: mnn")]
+)
+def test_info_shows_the_backends_with_the_fast_extra(monkeypatch, no_network_built, processor, order):
     monkeypatch.setattr(ort_backend, "available", lambda: True)
     monkeypatch.setattr(mnn_backend, "available", lambda: True)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: processor)
     result = run("info")
     assert result.exit_code == 0, result.output
+    uses, fallbacks = order.split(" (fallbacks: ")
     assert backend_section(result.stdout) == [
         "  available:    mnn, onnxruntime, torchscript, eager",
-        "  auto uses:    the faster of mnn and onnxruntime, timed when built (fallbacks: torchscript, eager; "
+        f"  auto uses:    {uses} on this {processor} processor (fallbacks: {fallbacks}, torchscript, eager; "
         "each form is checked against eager when built)",
     ]
     assert "pip install" not in result.stdout
 
 
-def test_info_names_a_missing_mnn(monkeypatch, no_network_built):
+def test_info_names_a_missing_mnn(monkeypatch, no_network_built, avx2_processor):
     monkeypatch.setattr(ort_backend, "available", lambda: True)
     monkeypatch.setattr(mnn_backend, "available", lambda: False)
     result = run("info")
     assert result.exit_code == 0, result.output
     assert backend_section(result.stdout) == [
         "  available:    onnxruntime, torchscript, eager",
-        "  auto uses:    onnxruntime (fallbacks: torchscript, eager; each form is checked against eager when built)",
+        "  auto uses:    onnxruntime on this AVX2 processor (fallbacks: torchscript, eager; "
+        "each form is checked against eager when built)",
         f"  missing:      {NO_MNN_MESSAGE}",
     ]
 
 
-def test_info_shows_the_backends_and_the_install_hint_without_onnxruntime(without_onnxruntime, no_network_built):
+def test_info_shows_the_backends_and_the_install_hint_without_onnxruntime(
+    without_onnxruntime, no_network_built, avx2_processor
+):
     result = run("info")
     assert result.exit_code == 0, result.output
     assert backend_section(result.stdout) == [
         "  available:    torchscript, eager",
-        "  auto uses:    torchscript (fallbacks: eager; each form is checked against eager when built)",
+        "  auto uses:    torchscript on this AVX2 processor (fallbacks: eager; "
+        "each form is checked against eager when built)",
         f"  missing:      {NO_MNN_MESSAGE}",
         f"  missing:      {NO_ORT_MESSAGE}",
     ]

@@ -123,81 +123,91 @@ def test_call_through_each_backend_matches_eager(net, backend, drn_file, rn_file
     numpy.testing.assert_allclose(extractor(audio), expected, rtol=0, atol=ATOL)
 
 
-def test_default_backend_is_a_timed_form_when_one_is_installed(drn_extractor):
-    timed = [name for name in fast.TIMED_BACKENDS if fast.backend_available(name)]
+def installed_auto_forms():
+    return [name for name in fast.auto_backends() if fast.backend_available(name)]
+
+
+def test_default_backend_is_the_first_installed_form_for_this_processor(drn_extractor):
     assert drn_extractor.backend == "auto"
-    assert drn_extractor._fast.runner_backend(drn_extractor.network) in (timed or ["torchscript"])
+    assert drn_extractor._fast.runner_backend(drn_extractor.network) == installed_auto_forms()[0]
+
+
+@pytest.mark.parametrize(
+    "capability, order",
+    [
+        ("AVX2", ("mnn", "onnxruntime", "torchscript")),
+        ("DEFAULT", ("mnn", "onnxruntime", "torchscript")),
+        ("NO AVX", ("mnn", "onnxruntime", "torchscript")),
+        ("AVX512", ("onnxruntime", "mnn", "torchscript")),
+    ],
+)
+def test_auto_order_follows_the_processor(capability, order):
+    assert fast.auto_backends(capability) == order
+
+
+def test_auto_order_reads_the_capability_torch_reports(monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert fast.auto_backends() == fast.AUTO_BACKENDS_AVX512
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert fast.auto_backends() == fast.AUTO_BACKENDS
 
 
 @pytest.fixture
-def both_timed_forms():
-    missing = [name for name in fast.TIMED_BACKENDS if not fast.backend_available(name)]
+def both_fast_forms():
+    missing = [name for name in ("mnn", "onnxruntime") if not fast.backend_available(name)]
     if missing:
         pytest.skip(f'{", ".join(missing)} not installed (pip install ".[fast]")')
 
 
-def fake_times(milliseconds):
-    """A stand-in for ``fast._seconds_to_run``: each form's time by its name, runs counted."""
-    runs = []
+def counted(build, name, built):
+    """``build`` that also records ``name`` in ``built``."""
 
-    def seconds_to_run(runner, example):
-        assert tuple(example.shape) == fast.TIMING_SHAPE
-        runs.append(fast.runner_backend(runner))
-        return milliseconds[fast.runner_backend(runner)] / 1e3
+    def wrapper(body):
+        built.append(name)
+        return build(body)
 
-    return seconds_to_run, runs
+    return wrapper
 
 
-@pytest.mark.parametrize("winner, loser", [("mnn", "onnxruntime"), ("onnxruntime", "mnn")])
-def test_auto_keeps_the_faster_timed_form(drn_extractor, both_timed_forms, monkeypatch, caplog, winner, loser):
-    seconds_to_run, runs = fake_times({winner: 21.0, loser: 34.5})
-    monkeypatch.setattr(fast, "_seconds_to_run", seconds_to_run)
+@pytest.mark.parametrize("capability, kept", [("AVX2", "mnn"), ("AVX512", "onnxruntime")])
+def test_auto_builds_only_the_first_form_and_logs_it(drn_extractor, both_fast_forms, monkeypatch, caplog, capability, kept):
+    built = []
+    for name in ("mnn", "onnxruntime", "torchscript"):
+        monkeypatch.setitem(fast._BUILDERS, name, counted(fast._BUILDERS[name], name, built))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     with caplog.at_level(logging.INFO, logger="bob.learn.pytorch.preprocessor.audio.fast"):
         runner = fast.build_frame_runner(drn_extractor.network, "auto")
-    assert fast.runner_backend(runner) == winner
-    assert sorted(runs) == sorted(list(fast.TIMED_BACKENDS) * fast.TIMING_RUNS)
-    shown = {winner: "21.0", loser: "34.5"}
-    listed = ", ".join(f"{name} {shown[name]} ms" for name in fast.TIMED_BACKENDS)
-    expected = f"auto backend: {winner} is the fastest here (298-frame input, best of {fast.TIMING_RUNS}: {listed})"
-    assert expected in caplog.text
+    assert fast.runner_backend(runner) == kept
+    assert built == [kept]
+    assert f"auto backend: {kept} (order here: {', '.join(fast.auto_backends(capability))})" in caplog.text
 
 
-@pytest.mark.parametrize("onnxruntime_ms, kept", [(30.0, "mnn"), (26.9, "onnxruntime")])
-def test_auto_keeps_the_first_timed_form_in_a_near_tie(
-    drn_extractor, both_timed_forms, monkeypatch, onnxruntime_ms, kept
+def test_auto_picks_the_same_form_every_time(drn_extractor):
+    forms = {fast.runner_backend(fast.build_frame_runner(drn_extractor.network, "auto")) for _ in range(3)}
+    assert forms == {installed_auto_forms()[0]}
+
+
+def test_a_failing_first_form_falls_back_to_the_next_on_the_same_export(
+    drn_extractor, both_fast_forms, monkeypatch, caplog
 ):
-    assert fast.TIMED_BACKENDS[0] == "mnn" and fast.TIMING_MARGIN == 0.9
-    seconds_to_run, _ = fake_times({"mnn": 30.0, "onnxruntime": onnxruntime_ms})
-    monkeypatch.setattr(fast, "_seconds_to_run", seconds_to_run)
-    assert fast.runner_backend(fast.build_frame_runner(drn_extractor.network, "auto")) == kept
-
-
-def test_auto_exports_the_network_once_for_both_timed_forms(drn_extractor, both_timed_forms, monkeypatch):
     exports = []
 
     def counted_export(body, *args, **kwargs):
         exports.append(body)
         return export(body, *args, **kwargs)
 
-    export = ort_backend.export_frame_body
-    monkeypatch.setattr(ort_backend, "export_frame_body", counted_export)
-    runner = fast.build_frame_runner(drn_extractor.network, "auto")
-    assert fast.runner_backend(runner) in fast.TIMED_BACKENDS
-    assert len(exports) == 1
-
-
-def test_a_timed_form_failing_its_build_leaves_the_other_untimed(drn_extractor, both_timed_forms, monkeypatch, caplog):
     def broken(body):
+        body.onnx()
         raise RuntimeError("converter exploded")
 
-    def no_timing(runner, example):
-        raise AssertionError("a single form needs no timing")
-
+    export = ort_backend.export_frame_body
+    monkeypatch.setattr(ort_backend, "export_frame_body", counted_export)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     monkeypatch.setitem(fast._BUILDERS, "mnn", broken)
-    monkeypatch.setattr(fast, "_seconds_to_run", no_timing)
     with caplog.at_level(logging.WARNING, logger="bob.learn.pytorch"):
         runner = fast.build_frame_runner(drn_extractor.network, "auto")
     assert fast.runner_backend(runner) == "onnxruntime"
+    assert len(exports) == 1
     assert "mnn optimisation failed (RuntimeError: converter exploded); not used" in caplog.text
 
 

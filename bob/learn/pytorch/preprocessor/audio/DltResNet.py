@@ -94,8 +94,8 @@ class DltResNetExtractor(Preprocessor):
     backend : {"auto", "mnn", "onnxruntime", "torchscript", "eager"}
         Form of the network on the CPU (see
         :func:`~bob.learn.pytorch.preprocessor.audio.fast.build_frame_runner`):
-        by default the faster of MNN and ONNX Runtime, timed when the network
-        is first used, when installed (the ``fast`` extra), else TorchScript.
+        by default MNN, or ONNX Runtime on processors with AVX-512, when
+        installed (the ``fast`` extra), else TorchScript.
         Every form is checked against the eager network when built.
 
     Examples

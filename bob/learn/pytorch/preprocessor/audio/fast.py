@@ -17,12 +17,14 @@ the eager network when it is built:
   with pre-packed weights).
 * ``"eager"``: the network itself.
 
-``"auto"`` builds the forms of :data:`TIMED_BACKENDS` that are installed,
-times them side by side on one 3 s input and keeps the faster, because which
-one wins depends on the processor: on the 2-core AVX2 development machine MNN
-is 1.2 to 1.45 times faster than ONNX Runtime, but the MNN wheels have no
-AVX-512 kernels, which ONNX Runtime uses where the processor has them.
-Without the ``fast`` extra, ``"auto"`` uses TorchScript.
+``"auto"`` takes the first of these that is installed and passes its check,
+in an order fixed by the processor (:func:`auto_backends`), so that every
+process on a machine computes the same numbers: MNN first, then ONNX
+Runtime, on processors without AVX-512 (on the 2-core AVX2 development
+machine MNN is 1.2 to 1.45 times faster); ONNX Runtime first where torch
+reports AVX-512, because the MNN wheels have no AVX-512 kernels and ONNX
+Runtime has. TorchScript comes next, so without the ``fast`` extra
+``"auto"`` uses TorchScript.
 
 The pooling and the embedding layer stay eager: they cost little and keep the
 original's float32 arithmetic. Measured on the 2-core development machines
@@ -40,12 +42,10 @@ train mode, networks without ``forward_frames`` and devices other than the CPU
 use the eager network unchanged.
 """
 import logging
-import math
 import threading
-import time
 import warnings
 import weakref
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -56,7 +56,8 @@ from . import mnn_backend, ort_backend
 __all__ = [
     "BACKENDS",
     "AUTO_BACKENDS",
-    "TIMED_BACKENDS",
+    "AUTO_BACKENDS_AVX512",
+    "auto_backends",
     "FrameFeatures",
     "build_frame_runner",
     "backend_available",
@@ -66,9 +67,6 @@ __all__ = [
     "supports_fast_path",
     "FastForward",
     "PROBE_SHAPE",
-    "TIMING_SHAPE",
-    "TIMING_RUNS",
-    "TIMING_MARGIN",
     "RUNNER_ATOL",
     "RUNNER_FRAMES_RTOL",
 ]
@@ -87,17 +85,10 @@ RUNNER_FRAMES_RTOL = 1e-4
 
 #: Forms a frame runner can take; ``"auto"`` picks the fastest available.
 BACKENDS = ("auto", "mnn", "onnxruntime", "torchscript", "eager")
-#: The forms ``"auto"`` builds and times side by side, keeping the fastest (which depends on the processor).
-TIMED_BACKENDS = ("mnn", "onnxruntime")
-#: The optimised forms ``"auto"`` considers: the :data:`TIMED_BACKENDS`, else TorchScript.
-AUTO_BACKENDS = TIMED_BACKENDS + ("torchscript",)
-#: Input on which ``"auto"`` times the forms: one 3 s utterance (298 frames).
-TIMING_SHAPE = (1, 1, 298, 257)
-#: Timed runs of each form, interleaved after one warm-up run; the best counts.
-TIMING_RUNS = 5
-#: A form later in :data:`TIMED_BACKENDS` is kept only if its best time is below this
-#: fraction of the earlier one's: near ties, within the noise of a shared machine, keep the order.
-TIMING_MARGIN = 0.9
+#: Order in which ``"auto"`` tries the optimised forms on a processor without AVX-512.
+AUTO_BACKENDS = ("mnn", "onnxruntime", "torchscript")
+#: Order on a processor with AVX-512: the MNN wheels have no AVX-512 kernels, ONNX Runtime has.
+AUTO_BACKENDS_AVX512 = ("onnxruntime", "mnn", "torchscript")
 #: Forms that need optional packages (the ``fast`` extra): their modules and what is missing without them.
 _OPTIONAL_BACKENDS = {"mnn": (mnn_backend, "MNN"), "onnxruntime": (ort_backend, "ONNX Runtime")}
 
@@ -138,20 +129,17 @@ def _network_device(network: nn.Module) -> torch.device:
 def build_frame_runner(network: SpeakerEmbeddingNet, backend: str = "auto") -> Runner:
     """The fastest exact form of ``network.forward_frames`` for an eval-mode network.
 
-    On the CPU, ``backend="auto"`` builds the forms of :data:`TIMED_BACKENDS`
-    that are installed (MNN, :mod:`.mnn_backend`, and ONNX Runtime,
-    :mod:`.ort_backend`, from one ONNX export), times them on
-    :data:`TIMING_SHAPE` (best of :data:`TIMING_RUNS` interleaved runs) and
-    keeps the fastest, logging the times at INFO level; ONNX Runtime is
-    preferred only when it takes less than :data:`TIMING_MARGIN` of MNN's
-    time. When neither is installed or usable, ``"auto"`` builds a traced,
-    frozen and inference-optimised TorchScript graph. Another ``backend``
-    builds only the form named. Each form is checked against the eager
-    network on :data:`PROBE_SHAPE` (another batch size and length than the
-    export); one that fails to build or differs by more than
-    :data:`RUNNER_FRAMES_RTOL` (frame features) or :data:`RUNNER_ATOL`
-    (embeddings) is skipped with a warning. When none is left, or on other
-    devices, or with ``backend="eager"``, the eager method is returned.
+    On the CPU, ``backend="auto"`` tries the forms of :func:`auto_backends`
+    in order and keeps the first that is installed and passes its check
+    (MNN, :mod:`.mnn_backend`, and ONNX Runtime, :mod:`.ort_backend`, share
+    one ONNX export; TorchScript is a traced, frozen and inference-optimised
+    graph); the form kept is logged at INFO level. Another ``backend`` builds
+    only the form named. Each form is checked against the eager network on
+    :data:`PROBE_SHAPE` (another batch size and length than the export); one
+    that fails to build or differs by more than :data:`RUNNER_FRAMES_RTOL`
+    (frame features) or :data:`RUNNER_ATOL` (embeddings) is skipped with a
+    warning. When none is left, or on other devices, or with
+    ``backend="eager"``, the eager method is returned.
 
     Parameters
     ----------
@@ -178,12 +166,33 @@ def build_frame_runner(network: SpeakerEmbeddingNet, backend: str = "auto") -> R
         return network.forward_frames
     body = _FrameBody(network)
     if backend == "auto":
-        runner = _fastest(_checked_runners(network, TIMED_BACKENDS, body))
-        if runner is None:
-            runner = _checked_runner(network, "torchscript", body)
+        runner = _first_checked_runner(network, auto_backends(), body)
     else:
         runner = _checked_runner(network, backend, body)
     return network.forward_frames if runner is None else runner
+
+
+def auto_backends(capability: Optional[str] = None) -> Tuple[str, ...]:
+    """Order in which ``backend="auto"`` tries the optimised forms on this processor.
+
+    Parameters
+    ----------
+    capability : str, optional
+        The processor's vector instructions as
+        :func:`torch.backends.cpu.get_cpu_capability` names them (``"AVX2"``,
+        ``"AVX512"``, ...); by default, what it reports here (the environment
+        variable ``ATEN_CPU_CAPABILITY`` can lower it).
+
+    Returns
+    -------
+    tuple of str
+        :data:`AUTO_BACKENDS_AVX512` for an AVX-512 processor, else
+        :data:`AUTO_BACKENDS`. The order depends on nothing else (not on
+        timings or load), so all processes on a machine pick the same form.
+    """
+    if capability is None:
+        capability = torch.backends.cpu.get_cpu_capability()
+    return AUTO_BACKENDS_AVX512 if capability.upper().startswith("AVX512") else AUTO_BACKENDS
 
 
 class _FrameBody:
@@ -199,17 +208,19 @@ class _FrameBody:
         return self._onnx
 
 
-def _checked_runners(network: SpeakerEmbeddingNet, backends: Sequence[str], body: _FrameBody) -> List[Runner]:
-    """The runners of those ``backends`` that are installed and pass their check."""
-    runners = []
+def _first_checked_runner(
+    network: SpeakerEmbeddingNet, backends: Tuple[str, ...], body: _FrameBody
+) -> Optional[Runner]:
+    """The runner of the first of ``backends`` that is installed and passes its check; None if none does."""
     for name in backends:
         if not backend_available(name):
             logger.debug('%s is not installed (pip install "bob.learn.pytorch[fast]"); skipped', name)
             continue
         runner = _checked_runner(network, name, body)
         if runner is not None:
-            runners.append(runner)
-    return runners
+            logger.info("auto backend: %s (order here: %s)", name, ", ".join(backends))
+            return runner
+    return None
 
 
 def _checked_runner(network: SpeakerEmbeddingNet, backend: str, body: _FrameBody) -> Optional[Runner]:
@@ -230,39 +241,6 @@ def _checked_runner(network: SpeakerEmbeddingNet, backend: str, body: _FrameBody
         return None
     logger.debug("%s frame runner ready (probe differences %.2g, %.2g)", backend, frames_error, embedding_error)
     return runner
-
-
-def _fastest(runners: Sequence[Runner]) -> Optional[Runner]:
-    """The runner with the shortest best time on :data:`TIMING_SHAPE`, within :data:`TIMING_MARGIN`; None if none."""
-    if len(runners) < 2:
-        return runners[0] if runners else None
-    example = torch.randn(TIMING_SHAPE, generator=torch.Generator().manual_seed(1))
-    best = [math.inf] * len(runners)
-    with torch.inference_mode():
-        for runner in runners:
-            runner(example)  # the first run allocates
-        for _ in range(TIMING_RUNS):
-            for index, runner in enumerate(runners):
-                best[index] = min(best[index], _seconds_to_run(runner, example))
-    winner = 0
-    for index in range(1, len(runners)):
-        if best[index] < TIMING_MARGIN * best[winner]:
-            winner = index
-    times = ", ".join(f"{runner_backend(runner)} {seconds * 1e3:.1f} ms" for runner, seconds in zip(runners, best))
-    logger.info(
-        "auto backend: %s is the fastest here (%d-frame input, best of %d: %s)",
-        runner_backend(runners[winner]),
-        TIMING_SHAPE[2],
-        TIMING_RUNS,
-        times,
-    )
-    return runners[winner]
-
-
-def _seconds_to_run(runner: Runner, example: torch.Tensor) -> float:
-    start = time.perf_counter()
-    runner(example)
-    return time.perf_counter() - start
 
 
 def _build_torchscript(body: FrameFeatures) -> Runner:

@@ -8,8 +8,8 @@ machine (``doc/performance.rst``), the frame body runs 1.2 to 1.45 times
 faster than with ONNX Runtime, within 2e-5 of the eager frame features
 relative to their largest value. The MNN wheels on PyPI (3.6.1) hold AVX2 and
 FMA kernels but no AVX-512 ones (MNN's AVX-512 code is a build option they
-leave out), so on AVX-512 processors ONNX Runtime may be faster:
-``backend="auto"`` times both (:func:`.fast.build_frame_runner`).
+leave out), so on AVX-512 processors ``backend="auto"`` tries ONNX Runtime
+first (:func:`.fast.auto_backends`).
 
 The frame body is exported to ONNX (:func:`.ort_backend.export_frame_body`),
 converted to MNN's format in a temporary folder (the converted network, about
