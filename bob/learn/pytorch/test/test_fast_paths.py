@@ -154,7 +154,7 @@ def test_auto_order_reads_the_capability_torch_reports(monkeypatch):
 
 @pytest.fixture
 def both_fast_forms():
-    missing = [name for name in ("mnn", "onnxruntime") if not fast.backend_available(name)]
+    missing = [name for name in OPTIONAL_RUNTIMES if not fast.backend_available(name)]
     if missing:
         pytest.skip(f'{", ".join(missing)} not installed (pip install ".[fast]")')
 
