@@ -177,8 +177,8 @@ def pytorch() -> None:
     default="auto",
     show_default=True,
     type=click.Choice(BACKEND_CHOICES),
-    help="Form of the network on the CPU. auto: mnn, else onnxruntime when installed (the fast extra), else torchscript. "
-    "A form that fails its check against eager is skipped with a warning (eager is the last resort).",
+    help="Form of the network on the CPU. auto: mnn, else onnxruntime (onnxruntime first on AVX-512 processors) "
+    "when installed (the fast extra), else torchscript. A form that fails its check against eager is skipped with a warning (eager is the last resort).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @verbosity_option(logger=logger)

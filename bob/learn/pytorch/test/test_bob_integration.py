@@ -153,8 +153,17 @@ def read_scores(path: Path) -> dict:
     return {(row[0], row[2]): float(row[3]) for row in rows}
 
 
-def assert_scores(path: Path, expected: dict) -> dict:
-    scores = read_scores(path)
+def read_csv_scores(path: Path) -> dict:
+    """bob's default CSV scores (with the samples' metadata) as ``{(model, probe): score}``."""
+    with open(path, newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    pairs = Counter((row["bio_ref_template_id"], row["probe_template_id"]) for row in rows)
+    assert max(pairs.values()) == 1, [pair for pair, count in pairs.items() if count > 1]
+    return {(row["bio_ref_template_id"], row["probe_template_id"]): float(row["score"]) for row in rows}
+
+
+def assert_scores(path: Path, expected: dict, reader=read_scores) -> dict:
+    scores = reader(path)
     assert set(scores) == set(expected), "score file must hold every probe against every model"
     values = numpy.array([scores[pair] for pair in expected])
     assert numpy.all(numpy.isfinite(values))
@@ -571,16 +580,19 @@ def test_pipeline_simple_with_local_parallel_dask_workers(config_model, speech_d
 
 
 @pytest.mark.slow
-def test_pipeline_simple_resnet34_resource_in_memory(config_model, speech_database, expected_embeddings, tmp_path):
+def test_pipeline_simple_resnet34_resource_in_memory_csv_scores(
+    config_model, speech_database, expected_embeddings, tmp_path
+):
+    """The README's two commands: bob's default CSV scores, read by ``bob bio metrics``."""
     config_model("resnet34")
     database, protocol = speech_database(enroll_per_speaker=1)
     run(
-        [BOB, "bio", "pipeline", "simple", "-p", "resnet34-voxceleb", "-d", database, "-o", "out", "-m",
-         "--no-dask", "--write-column-scores"],
+        [BOB, "bio", "pipeline", "simple", "-p", "resnet34-voxceleb", "-d", database, "-g", "dev", "-o", "out",
+         "-m", "--no-dask"],
         cwd=tmp_path,
     )
     expected = expected_scores(expected_embeddings("rn34"), protocol)
     assert len(expected) == 6 * 11
-    assert_scores(tmp_path / "out" / "scores-dev", expected)
-    metrics = run([BOB, "bio", "metrics", "out/scores-dev"], cwd=tmp_path).stdout
+    assert_scores(tmp_path / "out" / "scores-dev.csv", expected, reader=read_csv_scores)
+    metrics = run([BOB, "bio", "metrics", "out/scores-dev.csv"], cwd=tmp_path).stdout
     assert "/11)" in metrics and "/55)" in metrics

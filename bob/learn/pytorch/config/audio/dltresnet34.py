@@ -7,8 +7,9 @@ Run it on a database with bob's experiment runner::
 (add ``-l local-parallel`` for dask worker processes, ``-c DIR`` to keep the
 embeddings in ``DIR`` and reuse them on the next run). The model file comes
 from ``bob config set bob.learn.pytorch.extractor.audio.drn_modelpath PATH``,
-else the package data folder. Importing this file does not load the network:
-it is loaded on first use, once per process.
+else the package data folder, where a missing file is downloaded when this
+file is imported (``bob pytorch download-models`` does it ahead). The network
+itself is loaded on first use, once per process.
 
 The legacy variables (``preprocessor``, ``extractor``,
 ``extracted_directory``, ``skip_extraction``) are those the original guide

@@ -83,7 +83,7 @@ RUNNER_ATOL = 1e-5
 #: (float32 rounding through 30 layers reaches about 1e-5; the pooling averages it out).
 RUNNER_FRAMES_RTOL = 1e-4
 
-#: Forms a frame runner can take; ``"auto"`` picks the fastest available.
+#: Forms a frame runner can take; ``"auto"`` takes the first that works of :func:`auto_backends`.
 BACKENDS = ("auto", "mnn", "onnxruntime", "torchscript", "eager")
 #: Order in which ``"auto"`` tries the optimised forms on a processor without AVX-512.
 AUTO_BACKENDS = ("mnn", "onnxruntime", "torchscript")
