@@ -181,7 +181,9 @@ def read_wav(path: PathLike) -> Tuple[int, numpy.ndarray]:
     FileNotFoundError
         If there is no such file.
     ValueError
-        If the file is not a WAV file scipy can read.
+        If the file is not a WAV file scipy can read. scipy's parser meets a
+        damaged header with whatever error it runs into (``struct.error``,
+        ``ZeroDivisionError``, ``UnboundLocalError``...); all become this one.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -192,6 +194,8 @@ def read_wav(path: PathLike) -> Tuple[int, numpy.ndarray]:
             rate, samples = scipy.io.wavfile.read(path)
     except (ValueError, EOFError, OSError) as error:
         raise ValueError(f"not a readable WAV file ({error})") from None
+    except Exception as error:  # noqa: BLE001 - a damaged header, met by scipy's parser as it comes
+        raise ValueError(f"not a readable WAV file (damaged header: {type(error).__name__}: {error})") from None
     return int(rate), samples
 
 

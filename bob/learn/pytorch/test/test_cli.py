@@ -212,6 +212,38 @@ def test_bad_inputs_get_one_line_each_and_good_outputs_are_kept(tmp_path, drn_fi
     )
 
 
+def damaged_wav_headers() -> dict:
+    """WAV files whose headers scipy's parser fails on with errors other than ValueError."""
+    good = (SPEECH / GOOD[0]).read_bytes()
+    return {
+        "riff_only": (b"RIFF", "error"),  # struct.error
+        "cut_in_fmt": (good[:30], "error"),
+        "zero_channels": (good[:22] + b"\0\0" + good[24:], "ZeroDivisionError"),
+        "no_fmt_chunk": (b"RIFF" + (16).to_bytes(4, "little") + b"WAVELIST" + (4).to_bytes(4, "little") + b"INFO",
+                         "UnboundLocalError"),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(damaged_wav_headers()))
+def test_read_wav_turns_any_damaged_header_into_one_value_error(tmp_path, name):
+    content, error_type = damaged_wav_headers()[name]
+    path = tmp_path / f"{name}.wav"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"^not a readable WAV file \(damaged header: {error_type}: "):
+        extract.read_wav(path)
+
+
+def test_a_damaged_wav_header_fails_alone(tmp_path, drn_file):
+    damaged = tmp_path / "damaged.wav"
+    damaged.write_bytes(damaged_wav_headers()["zero_channels"][0])
+    output = tmp_path / "out.h5"
+    result = run("extract-audio", SPEECH / GOOD[0], damaged, "-o", output, "--model", drn_file)
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert result.stderr.splitlines()[0].startswith(f"error: {damaged}: not a readable WAV file (damaged header")
+    assert list(hdf5_contents(output)) == ["flite_kal_u1"]
+
+
 def test_all_inputs_bad_writes_nothing_and_keeps_the_previous_output(tmp_path, drn_file, bad_inputs):
     output = tmp_path / "previous.h5"
     output.write_bytes(b"previous run")
