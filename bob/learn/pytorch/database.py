@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Union
 
 import scipy.io.wavfile
-from bob.bio.base.database import CSVDatabase, FileSampleLoader
 from sklearn.pipeline import make_pipeline
 
 from .atomic import replacing
+from .bob_imports import CSVDatabase, FileSampleLoader
 
 __all__ = ["read_speakers", "write_csv_protocol", "csv_database", "recordings_database"]
 

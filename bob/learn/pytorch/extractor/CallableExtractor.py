@@ -10,9 +10,9 @@ import warnings
 from typing import Any, Callable, Union
 
 import numpy
-from bob.bio.base.extractor import Extractor
 
 from .. import io
+from ..bob_imports import Extractor
 
 __all__ = ["CallableExtractor", "identity", "LegacyExtractor"]
 

@@ -8,7 +8,9 @@ the same group without the ``bob`` command.
 import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 from typing import Iterator, List, Optional, Sequence
 
 import clapper.logging
@@ -142,6 +144,18 @@ def model_options(function):
 @click.group(cls=AliasedGroup, context_settings={"help_option_names": ("-?", "-h", "--help")})
 def pytorch() -> None:
     """Speaker embeddings with the DltResNet-34 and ResNet-34 VoxCeleb models."""
+    interrupt_on_ctrl_c()
+
+
+def interrupt_on_ctrl_c() -> None:
+    """Make Ctrl-C raise KeyboardInterrupt again, so that a command stops with an error status.
+
+    bob's ``bob`` command has imported ``bob.pipelines`` by now, whose
+    ``dask_jobqueue`` replaced the handler with ``sys.exit()``: an interrupted
+    command would end with status 0 and print nothing.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytorch.command("extract-audio")

@@ -2,6 +2,7 @@
 import csv
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -141,6 +142,62 @@ def test_bob_script_runs_the_group_in_a_new_process(tmp_path):
     )
     assert finished.returncode == 0, finished.stderr
     assert "--chunk-length" in finished.stdout and "--use-res" in finished.stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_extract_audio_with_an_error_status_and_no_output(tmp_path, drn_file):
+    script = Path(sys.executable).with_name("bob")
+    if not script.is_file():
+        pytest.skip("no bob script beside this Python")
+    rate = 16000  # ten minutes: the run is still embedding when the interrupt comes
+    scipy.io.wavfile.write(tmp_path / "long.wav", rate, numpy.random.RandomState(0).randint(-3000, 3000, rate * 600, numpy.int16))
+    output = tmp_path / "out" / "long.h5"
+    command = [str(script), "pytorch", "extract-audio", "long.wav", "-o", str(output), "--model", str(drn_file), "-vv"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = []
+        for line in process.stdout:  # bob's INFO lines; the model is loaded just before the first embedding
+            seen.append(line)
+            if "loaded DltResNet-34" in line:
+                break
+        assert process.poll() is None, "".join(seen)
+        process.send_signal(signal.SIGINT)
+        rest = process.stderr.read()
+        process.stdout.read()
+        status = process.wait(timeout=120)
+    finally:
+        process.kill()
+    assert status == 1, rest  # click's status for an interrupted command, not dask_jobqueue's sys.exit() (0)
+    assert "Aborted!" in rest
+    assert not output.exists() and not list(output.parent.iterdir())
+
+
+def test_importing_the_package_keeps_the_ctrl_c_handler_it_found(tmp_path):
+    """bob.pipelines' dask_jobqueue swaps SIGINT for sys.exit(); the package's modules put the handler back."""
+    program = (
+        "import signal\n"
+        "def mine(*_): pass\n"
+        "signal.signal(signal.SIGINT, mine)\n"
+        "import bob.learn.pytorch.preprocessor.audio, bob.learn.pytorch.database, bob.learn.pytorch.extractor\n"
+        "import bob.learn.pytorch.transformers\n"
+        "assert signal.getsignal(signal.SIGINT) is mine, signal.getsignal(signal.SIGINT)\n"
+    )
+    finished = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    # What bob.pipelines does on its own, which the package undoes:
+    unguarded = program.replace("bob.learn.pytorch.preprocessor.audio,", "bob.pipelines,")
+    finished = subprocess.run([sys.executable, "-c", unguarded], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 1 and "<lambda>" in finished.stderr
+
+
+def test_the_command_group_restores_keyboard_interrupt_on_ctrl_c():
+    previous = signal.signal(signal.SIGINT, lambda *_: sys.exit())
+    try:
+        result = run("info")
+        assert result.exit_code == 0, result.output
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_entry_points_declare_the_group_and_no_console_script():

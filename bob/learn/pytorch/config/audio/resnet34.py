@@ -16,11 +16,9 @@ The legacy variables (``preprocessor``, ``extractor``,
 told ``verify.py`` users to write: the embedding is computed as the
 preprocessed data and used directly as the feature.
 """
-import bob.pipelines
-from bob.bio.base.algorithm import Distance
-from bob.bio.base.pipelines import PipelineSimple
 from sklearn.pipeline import make_pipeline
 
+from bob.learn.pytorch.bob_imports import Distance, PipelineSimple, wrap
 from bob.learn.pytorch.extractor import CallableExtractor, identity
 from bob.learn.pytorch.preprocessor.audio import ResNetExtractor
 from bob.learn.pytorch.transformers import AudioEmbeddingTransformer
@@ -32,5 +30,5 @@ extracted_directory = "preprocessed"
 skip_extraction = True
 
 # bob bio pipeline simple: the transformer shares the preprocessor (and so its network).
-transformer = make_pipeline(bob.pipelines.wrap(["sample"], AudioEmbeddingTransformer(preprocessor)))
+transformer = make_pipeline(wrap(["sample"], AudioEmbeddingTransformer(preprocessor)))
 pipeline = PipelineSimple(transformer, Distance(distance_function="cosine", factor=-1))

@@ -15,9 +15,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy
 import torch
-from bob.bio.base.preprocessor import Preprocessor
 
 from ... import io
+from ...bob_imports import Preprocessor
 from ...checkpoint import clean_state_dict, load_state_dict_strictly, read_checkpoint
 from ...model_files import ensure_model_file
 from .embedding import MIN_FRAMES, check_specs, embed_chunks, embed_spectrogram
