@@ -45,6 +45,11 @@ def _numpy_safe_globals() -> List[Any]:
 NUMPY_SAFE_GLOBALS = _numpy_safe_globals()
 
 _UNSUPPORTED_GLOBAL = re.compile(r"unsupported (?:global: )?(?:GLOBAL|class) ([\w.]+)", re.IGNORECASE)
+#: The reason torch's weights-only reader gives, after its general advice.
+_UNPICKLER_REASON = re.compile(r"WeightsUnpickler error:\s*(\S[^\n]*)")
+#: How the files torch.save writes begin: a zip archive, or (legacy format) a pickle.
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_MAGIC = b"\x80"
 
 
 def _refuse_unsafe(path: PathLike, error: pickle.UnpicklingError) -> UnsafeCheckpointError:
@@ -53,7 +58,7 @@ def _refuse_unsafe(path: PathLike, error: pickle.UnpicklingError) -> UnsafeCheck
     return UnsafeCheckpointError(
         f"refusing to load {os.fspath(path)}: it contains {offending}, which only full unpickling can "
         "rebuild, and unpickling can run arbitrary code. If you trust this file, pass "
-        "trust_checkpoint=True to the extractor; otherwise obtain a clean checkpoint."
+        "trust_checkpoint=True; otherwise obtain a clean checkpoint."
     )
 
 
@@ -74,37 +79,74 @@ def read_checkpoint(path: PathLike, map_location: Any = "cpu", trust: bool = Fal
     FileNotFoundError
         If the file does not exist.
     UnsafeCheckpointError
-        If the file needs full unpickling and ``trust`` is False.
+        If the file names code that full unpickling would run (a class or
+        function) and ``trust`` is False.
     CheckpointError
-        If the file is empty, truncated or not a PyTorch checkpoint.
+        If the file is empty, truncated, not a PyTorch checkpoint, or holds
+        what the safe reader cannot read.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model file {os.fspath(path)} does not exist")
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"model file {os.fspath(path)} is empty (0 bytes); delete it and download it again")
+    _check_header(path)
     try:
         if trust:
             return torch.load(path, map_location=map_location, weights_only=False)
         with torch.serialization.safe_globals(NUMPY_SAFE_GLOBALS):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        if "Weights only load failed" in str(error) and _UNSUPPORTED_GLOBAL.search(str(error)):
+        if "Weights only load failed" not in str(error):
+            raise _unreadable(path, error) from error
+        if _UNSUPPORTED_GLOBAL.search(str(error)):
             raise _refuse_unsafe(path, error) from None
-        raise CheckpointError(f"{os.fspath(path)} is not a readable PyTorch checkpoint: {_first_line(error)}") from error
+        raise _unreadable_safely(path, error) from None
     except Exception as error:  # any other failure of the unpickler means the file is unusable
+        raise _unreadable(path, error) from error
+
+
+def _check_header(path: PathLike) -> None:
+    """Refuse a file that does not begin as torch.save's files do (a web page, an archive of another kind...)."""
+    with open(path, "rb") as stream:
+        head = stream.read(16)
+    if not (head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGIC)):
         raise CheckpointError(
-            f"{os.fspath(path)} is not a readable PyTorch checkpoint (truncated or another kind of file?): "
-            f"{_first_line(error)}"
-        ) from error
+            f"{os.fspath(path)} is not a PyTorch checkpoint: it begins with {head!r}, not with the zip or "
+            "pickle header that torch.save writes (a web page or another kind of file?); replace it with "
+            "the model file"
+        )
+
+
+def _unreadable(path: PathLike, error: BaseException) -> CheckpointError:
+    return CheckpointError(
+        f"{os.fspath(path)} is not a readable PyTorch checkpoint (truncated or damaged?): {_first_line(error)}; "
+        "replace it with a complete copy of the model file"
+    )
+
+
+def _unreadable_safely(path: PathLike, error: pickle.UnpicklingError) -> CheckpointError:
+    """The weights-only reader stopped at something it does not know, which names no code to run."""
+    found = _UNPICKLER_REASON.search(str(error))
+    reason = found.group(1).strip() if found else "content it does not know"
+    return CheckpointError(
+        f"{os.fspath(path)} is not a readable PyTorch checkpoint: the safe (weights-only) reader stopped at "
+        f"{reason}. The file is damaged, is another kind of pickle, or was saved in a form that only full "
+        "unpickling reads; replace it with the model file (full unpickling, trust_checkpoint=True, is only "
+        "for files from a source you trust)"
+    )
 
 
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"
+    return f"{type(error).__name__}: {text[0]}" if text else f"{type(error).__name__} (no details)"
 
 
 def clean_state_dict(content: Any, source: str = "checkpoint") -> "OrderedDict[str, torch.Tensor]":
-    """Unwrap ``{'state_dict': ...}`` and strip DataParallel's ``module.`` prefix.
+    """Unwrap ``{'state_dict': ...}``, strip DataParallel's ``module.`` prefix and check the values.
+
+    Raises :class:`CheckpointError` if ``content`` holds no state dict, an
+    entry that is not a tensor, or NaN or infinite values (a training run that
+    diverged, or a damaged file), which would make every embedding NaN.
 
     >>> import torch
     >>> from bob.learn.pytorch.checkpoint import clean_state_dict
@@ -124,7 +166,19 @@ def clean_state_dict(content: Any, source: str = "checkpoint") -> "OrderedDict[s
                 f"{source} is not a state dict: entry {key!r} holds {type(value).__name__}, not a tensor"
             )
         cleaned[key[len("module."):] if key.startswith("module.") else key] = value
+    _check_finite(cleaned, source)
     return cleaned
+
+
+def _check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
+    damaged = [
+        key for key, value in state.items() if value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
+    if damaged:
+        raise CheckpointError(
+            f"{source} holds NaN or infinite values in {len(damaged)} tensor(s) ({_listing(damaged)}): its "
+            "training diverged or the file is damaged, and every embedding would be NaN; use another checkpoint"
+        )
 
 
 def _shape_mismatches(expected: Dict[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> List[str]:

@@ -54,6 +54,12 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
+def _model_problem(error: BaseException) -> str:
+    """One line for a model error, naming the command-line option where the message names the argument."""
+    line = _one_line(error)
+    return line.replace("trust_checkpoint=True", "--trust-checkpoint") if isinstance(error, CheckpointError) else line
+
+
 def load_extractor(
     model_file: Optional[str],
     use_res: bool,
@@ -72,7 +78,7 @@ def load_extractor(
         extractor = kind(model_file, device=torch_device, trust_checkpoint=trust_checkpoint, backend=backend)
         extractor.network  # noqa: B018 - load now, so that a bad file fails before any recording is read
     except MODEL_ERRORS as error:
-        raise ModelUnavailable(_one_line(error)) from None
+        raise ModelUnavailable(_model_problem(error)) from None
     except (RuntimeError, AssertionError) as error:  # e.g. CUDA requested but not available
         raise ModelUnavailable(f"cannot load the model on device '{device}': {_one_line(error)}") from None
     return extractor
@@ -336,7 +342,7 @@ def download_models(names: Sequence[str], trust_checkpoint: bool, **_: object) -
             path = model_files.ensure_model_file(record, trust=trust_checkpoint)
         except MODEL_ERRORS as error:
             failed += 1
-            click.echo(f"error: {record.title}: {_one_line(error)}", err=True)
+            click.echo(f"error: {record.title}: {_model_problem(error)}", err=True)
             continue
         click.echo(f"{record.title}: {path}")
     if failed:

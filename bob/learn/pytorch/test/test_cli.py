@@ -359,6 +359,18 @@ def test_usage_errors_exit_2_naming_the_problem(tmp_path, drn_file, arguments, w
     assert not folder.exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is there")
+def test_cuda_device_without_cuda_is_one_line_about_the_device_not_the_file(tmp_path, drn_file):
+    output = tmp_path / "out" / "x.h5"
+    result = run("extract-audio", SPEECH / GOOD[0], "--model", drn_file, "-o", output, "--device", "cuda")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        "Error: cannot load the model on device 'cuda': device 'cuda' asked for, but PyTorch finds no CUDA device"
+    )
+    assert "checkpoint" not in result.stderr and len(result.stderr.splitlines()) == 1
+    assert not output.parent.exists() or not list(output.parent.iterdir())
+
+
 @pytest.mark.parametrize("backend", ["eager", "torchscript", "onnxruntime", "mnn"])
 def test_backend_option_reaches_the_extractor_and_keeps_the_embeddings(
     tmp_path, drn_file, drn_extractor, loaded_extractors, backend
@@ -455,6 +467,22 @@ def test_a_bad_model_file_stops_with_one_line(tmp_path):
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("Error: ") and str(model) in line
     assert not (tmp_path / "o.h5").exists()
+
+
+class _CodeRunningPayload:
+    def __reduce__(self):
+        return (print, ("payload ran",))
+
+
+def test_an_unsafe_model_file_names_the_command_line_option(tmp_path, capsys):
+    model = tmp_path / "model.pth.tar"
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "extra": _CodeRunningPayload()}, model)
+    result = run("extract-audio", SPEECH / GOOD[0], "-o", tmp_path / "o.h5", "--model", model)
+    assert result.exit_code == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"Error: refusing to load {model}: it contains print, ")
+    assert line.endswith("If you trust this file, pass --trust-checkpoint; otherwise obtain a clean checkpoint.")
+    assert "payload ran" not in result.output + capsys.readouterr().out
 
 
 def test_output_is_replaced_atomically_when_writing_fails(tmp_path, monkeypatch):

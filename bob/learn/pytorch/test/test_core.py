@@ -288,7 +288,8 @@ def test_checkpoint_of_the_other_architecture_is_refused_with_a_hint(drn_file, r
     "content, message",
     [
         (b"", "is empty"),
-        (b"hello, I am a text file\n", "not a readable PyTorch checkpoint"),
+        (b"hello, I am a text file\n", r"is not a PyTorch checkpoint: it begins with b'hello, I am a te', not with"),
+        (b"<!DOCTYPE html><html>", r"it begins with b'<!DOCTYPE html><', not with.*a web page"),
         (b"PK\x03\x04" + b"\x00" * 100, "not a readable PyTorch checkpoint"),
     ],
 )
@@ -346,9 +347,28 @@ def test_plain_pickle_file_is_refused_and_never_runs(tmp_path):
     sentinel = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
     path.write_bytes(pickle.dumps(_Payload(f"touch {sentinel}")))
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match=r"safe \(weights-only\) reader stopped at Unsupported operand \d+\. "):
         DltResNetExtractor(str(path)).network
     assert not sentinel.exists()
+
+
+def test_checkpoint_cut_after_its_header_says_so(drn_file, tmp_path):
+    path = tmp_path / "cut.pth.tar"
+    path.write_bytes(drn_file.read_bytes()[:100])
+    with pytest.raises(CheckpointError) as error:
+        DltResNetExtractor(str(path)).network
+    assert str(error.value).startswith(f"{path} is not a readable PyTorch checkpoint (truncated or damaged?): ")
+    assert str(error.value).endswith("; replace it with a complete copy of the model file")
+
+
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf")])
+def test_checkpoint_with_non_finite_weights_is_refused(drn_file, tmp_path, bad_value):
+    damaged = {key: value.clone() for key, value in torch.load(drn_file, weights_only=True)["state_dict"].items()}
+    damaged["module.layer2.0.conv1.weight"][0, 0, 0, 0] = bad_value  # the reference file keeps DataParallel's prefix
+    path = tmp_path / "diverged.pth.tar"
+    torch.save({"state_dict": damaged}, path)
+    with pytest.raises(CheckpointError, match=r"holds NaN or infinite values in 1 tensor\(s\) \(layer2\.0\.conv1\.weight\)"):
+        DltResNetExtractor(str(path)).network
 
 
 def test_missing_explicit_model_file_raises(tmp_path):
@@ -365,6 +385,19 @@ def test_file_present_at_the_default_path_is_used(drn_file, tmp_path, monkeypatc
 
 
 # -- devices, modes ----------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is there")
+def test_cuda_device_without_cuda_is_refused_before_the_model_file_is_read(drn_file):
+    with pytest.raises(RuntimeError, match=r"^device 'cuda' asked for, but PyTorch finds no CUDA device .*use device='cpu'$"):
+        DltResNetExtractor(str(drn_file), device="cuda")
+
+
+def test_cuda_device_index_beyond_the_devices_is_refused(drn_file, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(RuntimeError, match=r"^device 'cuda:2' asked for, but PyTorch finds 2 CUDA device\(s\): cuda:0 to cuda:1$"):
+        DltResNetExtractor(str(drn_file), device="cuda:2")
 
 
 def test_cuda_flag_maps_to_cuda_device_with_a_deprecation_warning():

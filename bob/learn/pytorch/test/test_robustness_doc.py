@@ -1,4 +1,5 @@
 """Every row of doc/robustness.rst is checked against the code."""
+import pickle
 import re
 import zipfile
 from pathlib import Path
@@ -45,6 +46,12 @@ def _checkpoint_case(kind, tmp_path, drn_file, rn_file):
     elif kind == "zip":
         with zipfile.ZipFile(path, "w") as archive:
             archive.writestr("a.txt", "x")
+    elif kind == "plain_pickle":
+        path.write_bytes(pickle.dumps(Payload()))
+    elif kind == "nan":
+        state = torch.load(drn_file, weights_only=True)["state_dict"]
+        nan = {key: value.clone().fill_(float("nan")) if value.is_floating_point() else value for key, value in state.items()}
+        torch.save({"state_dict": nan}, path)
     elif kind == "payload":
         torch.save({"state_dict": {}, "x": Payload()}, path)
     return DltResNetExtractor(str(path)).network
@@ -112,8 +119,10 @@ def cases(extractor, tmp_path, drn_file, rn_file, monkeypatch):
         "checkpoint of another ``num_classes``": lambda: _checkpoint_case("other_classes", tmp_path, drn_file, rn_file),
         "truncated checkpoint": lambda: _checkpoint_case("truncated", tmp_path, drn_file, rn_file),
         "empty checkpoint file": lambda: _checkpoint_case("empty", tmp_path, drn_file, rn_file),
-        "text file given as checkpoint": lambda: _checkpoint_case("text", tmp_path, drn_file, rn_file),
+        "text file or web page given as checkpoint": lambda: _checkpoint_case("text", tmp_path, drn_file, rn_file),
         "zip archive that is not": lambda: _checkpoint_case("zip", tmp_path, drn_file, rn_file),
+        "plain pickle file": lambda: _checkpoint_case("plain_pickle", tmp_path, drn_file, rn_file),
+        "checkpoint with NaN or infinite": lambda: _checkpoint_case("nan", tmp_path, drn_file, rn_file),
         "pickle with a code-running payload": lambda: _checkpoint_case("payload", tmp_path, drn_file, rn_file),
         "explicit ``model_file`` that does not exist": lambda: DltResNetExtractor(str(tmp_path / "none.pth")),
         "no model file and a download that fails": lambda: _failed_download(tmp_path, monkeypatch),
@@ -125,7 +134,7 @@ def cases(extractor, tmp_path, drn_file, rn_file, monkeypatch):
 
 def test_table_covers_every_case():
     rows = table_rows()
-    assert len(rows) == 31
+    assert len(rows) == 33
     assert all(len(row) == 3 for row in rows)
 
 

@@ -49,6 +49,20 @@ def _select_device(device: Optional[DeviceLike], cuda_flag: int) -> torch.device
     return torch.device("cpu" if device is None else device)
 
 
+def _require_cuda_device(device: torch.device) -> None:
+    """Raise ``RuntimeError`` if ``device`` is a CUDA device that this PyTorch cannot reach."""
+    if device.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device '{device}' asked for, but PyTorch finds no CUDA device (a CPU-only build of torch, or no "
+            "GPU visible to this process); use device='cpu'"
+        )
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise RuntimeError(f"device '{device}' asked for, but PyTorch finds {count} CUDA device(s): cuda:0 to cuda:{count - 1}")
+
+
 def _require_minimum_length(n_samples: int) -> None:
     """Raise ``ValueError`` if a 16 kHz signal of ``n_samples`` gives fewer than :data:`MIN_FRAMES` frames."""
     win_length, win_shift, _ = frame_geometry(TARGET_RATE)
@@ -136,6 +150,7 @@ class DltResNetExtractor(Preprocessor):
         self.use_res = use_res
         self.trust_checkpoint = trust_checkpoint
         self.device = _select_device(device, cuda_flag)
+        _require_cuda_device(self.device)
         self.pretrained: PretrainedModel = RESNET34_VOXCELEB if use_res else DLTRESNET34_VOXCELEB
         self._lock = threading.Lock()
         self._network: Optional[torch.nn.Module] = None
