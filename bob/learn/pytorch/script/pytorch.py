@@ -374,7 +374,12 @@ def info(**_: object) -> None:
 def describe_model(entry: "model_files.ModelFileInfo") -> List[str]:
     """The lines ``info`` prints for one model."""
     record = entry.record
-    state = "present" if entry.exists else "missing: downloaded on first use"
+    if entry.exists:
+        state = "present"
+    elif os.path.isdir(entry.path):
+        state = "a folder, not a file: point the setting to the model file"
+    else:
+        state = "missing: downloaded on first use"
     flag = "--use-res" if record is RESNET34_VOXCELEB else "default"
     return [
         f"{record.title} ({record.name}, {flag})",

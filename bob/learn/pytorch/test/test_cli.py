@@ -548,6 +548,16 @@ def test_info_shows_paths_sources_and_keys(isolated_settings, drn_file):
     assert "https://www.idiap.ch/" in text and "package data folder" in text
 
 
+def test_info_tells_a_folder_set_as_model_file_from_a_missing_file(isolated_settings, tmp_path):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    write_settings(isolated_settings, {DRN_PATH_KEY: str(folder)})
+    result = run("info")
+    assert result.exit_code == 0, result.output
+    assert f"model file:   {folder} [a folder, not a file: point the setting to the model file]" in result.stdout
+    assert "[missing: downloaded on first use]" in result.stdout  # the ResNet-34's file, not set
+
+
 def backend_section(text):
     """The lines of ``info``'s last section, the one on network backends."""
     section = text.strip().split("\n\n")[-1].splitlines()

@@ -387,6 +387,31 @@ def test_file_present_at_the_default_path_is_used(drn_file, tmp_path, monkeypatc
 # -- devices, modes ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"num_classes": "1211"}, "num_classes must be a positive integer, got '1211' (str)"),
+        ({"num_classes": 0}, "num_classes must be a positive integer, got 0 (int)"),
+        ({"bn_dim": 128.0}, "bn_dim must be a positive integer, got 128.0 (float)"),
+    ],
+)
+def test_network_sizes_must_be_positive_integers(drn_file, arguments, message):
+    with pytest.raises(ValueError) as error:
+        DltResNetExtractor(str(drn_file), **arguments)
+    assert str(error.value) == message
+
+
+def test_numpy_integer_network_sizes_are_taken(drn_file):
+    extractor = DltResNetExtractor(str(drn_file), num_classes=numpy.int64(1211))
+    assert extractor.num_classes == 1211 and type(extractor.num_classes) is int
+
+
+@pytest.mark.parametrize("samples", [numpy.int16(5), 3.0])
+def test_a_single_number_as_samples_is_refused_as_such(drn_extractor, samples):
+    with pytest.raises(ValueError, match=r"^audio samples must be an array of samples, got the single number"):
+        drn_extractor((16000, samples))
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is there")
 def test_cuda_device_without_cuda_is_refused_before_the_model_file_is_read(drn_file):
     with pytest.raises(RuntimeError, match=r"^device 'cuda' asked for, but PyTorch finds no CUDA device .*use device='cpu'$"):

@@ -481,6 +481,17 @@ def test_embed_many_edge_cases(drn_extractor):
             drn_extractor.embed_many([speech("fest_ked_u1"), short])
     with pytest.raises(TypeError, match=r"audios\[0\]: audio must be a \(rate, samples\) pair"):
         drn_extractor.embed_many(["missing.wav"])
+    with pytest.raises(ValueError, match=r"batch_size must be a positive integer, got 2.5 \(float\)"):
+        drn_extractor.embed_many([speech("fest_ked_u1")], batch_size=2.5)
+    with pytest.raises(TypeError, match="audios must be a list .* got int"):
+        drn_extractor.embed_many(3)
+
+
+def test_embed_many_takes_numpy_batch_sizes_and_iterators(drn_extractor):
+    names = ["fest_ked_u1", "flite_kal_u1", "fest_ked_u1"]
+    expected = drn_extractor.embed_many([speech(name) for name in names], batch_size=2)
+    from_iterator = drn_extractor.embed_many((speech(name) for name in names), batch_size=numpy.int64(2))
+    numpy.testing.assert_array_equal(from_iterator, expected)
 
 
 # -- long files -------------------------------------------------------------------------------------

@@ -7,11 +7,12 @@ embedding of the whole utterance as a float32 ``(1, 128)`` array, and
 directly as features (see the package guide).
 """
 import logging
+import numbers
 import os
 import threading
 import warnings
-from collections.abc import Mapping
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import numpy
 import torch
@@ -61,6 +62,23 @@ def _require_cuda_device(device: torch.device) -> None:
     count = torch.cuda.device_count()
     if device.index is not None and device.index >= count:
         raise RuntimeError(f"device '{device}' asked for, but PyTorch finds {count} CUDA device(s): cuda:0 to cuda:{count - 1}")
+
+
+def _positive_size(name: str, value: Any) -> int:
+    """``value`` as an int, or ``ValueError`` naming ``name`` if it is not a positive whole number."""
+    if isinstance(value, (bool, numpy.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r} ({type(value).__name__})")
+    return int(value)
+
+
+def _as_list_of_audio(audios: Any) -> List[Any]:
+    """``audios`` read into a list, or ``TypeError`` if it cannot be iterated (a lone pair is a sequence already)."""
+    try:
+        return list(audios)
+    except TypeError:
+        raise TypeError(
+            f"audios must be a list (or other iterable) of (rate, samples) pairs, got {type(audios).__name__}"
+        ) from None
 
 
 def _require_minimum_length(n_samples: int) -> None:
@@ -143,8 +161,8 @@ class DltResNetExtractor(Preprocessor):
             warnings.simplefilter("ignore", DeprecationWarning)
             super().__init__(min_preprocessed_file_size=bn_dim)
         self.model_file = model_file
-        self.num_classes = num_classes
-        self.bn_dim = bn_dim
+        self.num_classes = _positive_size("num_classes", num_classes)
+        self.bn_dim = _positive_size("bn_dim", bn_dim)
         self.cuda_flag = int(cuda_flag)
         self.test = test
         self.use_res = use_res
@@ -247,7 +265,7 @@ class DltResNetExtractor(Preprocessor):
         # the spectrogram of a checked signal: finite, float64, long enough, so one chunk as in extract_embeddings
         return embed_chunks(self._forward_for(network), [source.frames(0, source.n_frames)], device)
 
-    def embed_many(self, audios: Sequence[Any], batch_size: int = 8) -> numpy.ndarray:
+    def embed_many(self, audios: Iterable[Any], batch_size: int = 8) -> numpy.ndarray:
         """Embed many utterances; row ``i`` equals ``self(audios[i])[0]`` within rounding.
 
         Utterances with the same number of spectrogram frames are standardised
@@ -262,8 +280,9 @@ class DltResNetExtractor(Preprocessor):
 
         Parameters
         ----------
-        audios : sequence of tuple
-            ``(rate, samples)`` pairs.
+        audios : iterable of tuple
+            ``(rate, samples)`` pairs. An iterator is read into a list first
+            (the utterances are grouped by length).
         batch_size : int
             Largest number of utterances per forward pass.
 
@@ -278,8 +297,11 @@ class DltResNetExtractor(Preprocessor):
             If ``batch_size`` is not positive, or an utterance is invalid or
             too short (the message names its index).
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if isinstance(batch_size, (bool, numpy.bool_)) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r} ({type(batch_size).__name__})")
+        batch_size = int(batch_size)
+        if not isinstance(audios, Sequence):
+            audios = _as_list_of_audio(audios)
         if len(audios) == 0:
             return numpy.zeros((0, self.bn_dim), dtype=numpy.float32)
         network = self.network

@@ -66,6 +66,11 @@ def mono_samples(samples: Any) -> numpy.ndarray:
             f"audio samples must be integers or floats, got dtype {array.dtype}; "
             "pass a numeric array such as the int16 samples of scipy.io.wavfile.read"
         )
+    if array.ndim == 0:
+        raise ValueError(
+            f"audio samples must be an array of samples, got the single number {array.item()!r}; "
+            "pass audio as (rate, samples) with samples of shape (N,)"
+        )
     if array.ndim == 2 and 1 in array.shape:
         array = array.reshape(-1)
     if array.ndim != 1:
