@@ -8,11 +8,17 @@ here, where they are imported with the handler that was in place put back
 afterwards, so that Ctrl-C keeps raising :class:`KeyboardInterrupt`.
 Processes that import ``bob.pipelines`` themselves first (bob's own commands)
 keep whatever handler that gave them.
+
+``bob.pipelines`` also reads bob's settings file when imported; a damaged one
+is reported first, as a :class:`~bob.learn.pytorch.errors.SettingsError`
+naming the file, instead of the parser error it would raise there.
 """
 import contextlib
 import signal
 import threading
 from typing import Iterator
+
+from .settings import check_bob_config_file
 
 __all__ = [
     "sigint_handler_kept",
@@ -44,6 +50,7 @@ def sigint_handler_kept() -> Iterator[None]:
             signal.signal(signal.SIGINT, handler)
 
 
+check_bob_config_file()
 with sigint_handler_kept():
     from bob.bio.base.algorithm import Distance
     from bob.bio.base.database import CSVDatabase, FileSampleLoader

@@ -122,6 +122,15 @@ def _read_settings(path: Path, parse: Callable[[str], Any]) -> Mapping[str, Any]
     return content
 
 
+def check_bob_config_file() -> None:
+    """Raise :class:`SettingsError`, naming the file, if bob 12's settings file exists but cannot be parsed.
+
+    bob.pipelines reads that file when it is imported, and fails there with a
+    bare parser error that names no file.
+    """
+    _read_settings(bob_config_file(), _parse_toml)
+
+
 def get_setting(key: str) -> Optional[SettingValue]:
     """Look ``key`` up in bob 12's ``bobrc.toml``, then in bob.extension's ``~/.bobrc``.
 

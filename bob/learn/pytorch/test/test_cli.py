@@ -190,6 +190,20 @@ def test_importing_the_package_keeps_the_ctrl_c_handler_it_found(tmp_path):
     assert finished.returncode == 1 and "<lambda>" in finished.stderr
 
 
+def test_importing_the_package_with_a_damaged_settings_file_names_the_file(tmp_path):
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "bobrc.toml").write_text("[bob.learn.pytorch.extractor.audio\ndrn_modelpath = \n")
+    environment = dict(os.environ, XDG_CONFIG_HOME=str(config))
+    finished = subprocess.run(
+        [sys.executable, "-c", "import bob.learn.pytorch.preprocessor.audio"],
+        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300,
+    )
+    assert finished.returncode == 1
+    last = finished.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"bob.learn.pytorch.errors.SettingsError: the bob settings file {config / 'bobrc.toml'} is not valid (")
+
+
 def test_the_command_group_restores_keyboard_interrupt_on_ctrl_c():
     previous = signal.signal(signal.SIGINT, lambda *_: sys.exit())
     try:
