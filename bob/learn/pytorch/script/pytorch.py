@@ -270,6 +270,10 @@ def check_output_folder(output: str) -> None:
         raise click.ClickException(f"cannot create the output folder {folder}: {error.strerror}") from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise click.ClickException(f"cannot write to the output folder {folder}")
+    if extraction.output_format(output) == "npy":
+        table = extraction.rows_table_path(output)
+        if os.path.isdir(table):
+            raise click.ClickException(f"cannot write {output}: its row table {table} is a folder")
 
 
 def _interactive(quiet: bool) -> bool:

@@ -472,6 +472,17 @@ def test_an_output_folder_that_cannot_be_made_stops_before_any_work(tmp_path):
     assert result.stderr.strip() == f"Error: cannot write {blocker / 'out.h5'}: {blocker} is a file, not a folder"
 
 
+def test_an_npy_output_whose_row_table_is_a_folder_stops_before_any_work(tmp_path, monkeypatch):
+    (tmp_path / "out.rows.csv").mkdir()
+    monkeypatch.setattr(cli, "load_extractor", lambda *args: pytest.fail("the model must not be loaded"))
+    result = run("extract-audio", SPEECH / GOOD[0], "-o", tmp_path / "out.npy")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"Error: cannot write {tmp_path / 'out.npy'}: its row table {tmp_path / 'out.rows.csv'} is a folder"
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["home", "out.rows.csv"]
+
+
 def test_a_bad_model_file_stops_with_one_line(tmp_path):
     model = tmp_path / "model.pth.tar"
     model.write_bytes(b"not a checkpoint")
