@@ -151,6 +151,22 @@ def model_options(function):
 def pytorch() -> None:
     """Speaker embeddings with the DltResNet-34 and ResNet-34 VoxCeleb models."""
     interrupt_on_ctrl_c()
+    drop_repeated_log_handlers(logging.getLogger("bob"))
+
+
+def drop_repeated_log_handlers(target: logging.Logger) -> None:
+    """Keep one of the handlers that write to the same stream at the same level.
+
+    bob's command and bob.extension's each attach their pair of console
+    handlers to the "bob" logger, so that every message under ``-v`` would be
+    printed twice.
+    """
+    seen = set()
+    for handler in list(target.handlers):
+        key = (type(handler), getattr(handler, "stream", None), handler.level)
+        if key in seen:
+            target.removeHandler(handler)
+        seen.add(key)
 
 
 def interrupt_on_ctrl_c() -> None:

@@ -172,6 +172,16 @@ def test_ctrl_c_stops_extract_audio_with_an_error_status_and_no_output(tmp_path,
     assert not output.exists() and not list(output.parent.iterdir())
 
 
+def test_log_messages_are_printed_once_by_the_bob_command(tmp_path, drn_file):
+    script = Path(sys.executable).with_name("bob")
+    if not script.is_file():
+        pytest.skip("no bob script beside this Python")
+    command = [script, "pytorch", "extract-audio", SPEECH / GOOD[0], "-o", tmp_path / "x.h5", "--model", drn_file, "-vv"]
+    finished = subprocess.run([str(part) for part in command], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.count(f"INFO: loaded DltResNet-34 from {drn_file}") == 1, finished.stdout
+
+
 def test_importing_the_package_keeps_the_ctrl_c_handler_it_found(tmp_path):
     """bob.pipelines' dask_jobqueue swaps SIGINT for sys.exit(); the package's modules put the handler back."""
     program = (

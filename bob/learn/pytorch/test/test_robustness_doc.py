@@ -100,6 +100,8 @@ def cases(extractor, tmp_path, drn_file, rn_file, monkeypatch):
         "samples beyond 1e100": lambda: extractor((16000, numpy.full(16000, 1e120))),
         "multi-channel array": lambda: extractor((16000, numpy.stack([NOISE, NOISE]))),
         "3-D array": lambda: extractor((16000, NOISE[None, None])),
+        "a single number as samples": lambda: extractor((16000, 0.5)),
+        "``num_classes`` or ``bn_dim``": lambda: DltResNetExtractor(str(drn_file), num_classes="1211"),
         "non-numeric dtype": lambda: extractor((16000, NOISE.astype(str))),
         "Python list of numbers": lambda: extractor((16000, NOISE.tolist())),
         "audio that is not a": lambda: extractor(NOISE),
@@ -134,7 +136,7 @@ def cases(extractor, tmp_path, drn_file, rn_file, monkeypatch):
 
 def test_table_covers_every_case():
     rows = table_rows()
-    assert len(rows) == 33
+    assert len(rows) == 35
     assert all(len(row) == 3 for row in rows)
 
 
