@@ -47,9 +47,10 @@ NUMPY_SAFE_GLOBALS = _numpy_safe_globals()
 _UNSUPPORTED_GLOBAL = re.compile(r"unsupported (?:global: )?(?:GLOBAL|class) ([\w.]+)", re.IGNORECASE)
 #: The reason torch's weights-only reader gives, after its general advice.
 _UNPICKLER_REASON = re.compile(r"WeightsUnpickler error:\s*(\S[^\n]*)")
-#: How the files torch.save writes begin: a zip archive, or (legacy format) a pickle.
+#: How the files torch.save writes begin: a zip archive, or (legacy formats) a pickle or a tar archive.
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_MAGIC = b"\x80"
+_TAR_MAGIC, _TAR_MAGIC_OFFSET = b"ustar", 257
 
 
 def _refuse_unsafe(path: PathLike, error: pickle.UnpicklingError) -> UnsafeCheckpointError:
@@ -108,12 +109,13 @@ def read_checkpoint(path: PathLike, map_location: Any = "cpu", trust: bool = Fal
 def _check_header(path: PathLike) -> None:
     """Refuse a file that does not begin as torch.save's files do (a web page, an archive of another kind...)."""
     with open(path, "rb") as stream:
-        head = stream.read(16)
-    if not (head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGIC)):
+        head = stream.read(512)
+    tar = head[_TAR_MAGIC_OFFSET : _TAR_MAGIC_OFFSET + len(_TAR_MAGIC)] == _TAR_MAGIC
+    if not (head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGIC) or tar):
         raise CheckpointError(
-            f"{os.fspath(path)} is not a PyTorch checkpoint: it begins with {head!r}, not with the zip or "
-            "pickle header that torch.save writes (a web page or another kind of file?); replace it with "
-            "the model file"
+            f"{os.fspath(path)} is not a PyTorch checkpoint: it begins with {head[:16]!r}, not with the zip, "
+            "pickle or tar header that torch.save writes (a web page or another kind of file?); replace it "
+            "with the model file"
         )
 
 

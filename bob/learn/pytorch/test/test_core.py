@@ -318,6 +318,18 @@ def test_zip_that_is_not_a_checkpoint_is_refused(tmp_path):
         DltResNetExtractor(str(path)).network
 
 
+def test_tar_that_is_not_a_checkpoint_reaches_torch_and_is_refused(tmp_path):
+    """torch.load still reads its oldest (tar) format, so a tar archive passes the header check."""
+    import tarfile
+
+    (tmp_path / "notes.txt").write_text("hello")
+    path = tmp_path / "archive.pth.tar"
+    with tarfile.open(path, "w") as archive:
+        archive.add(tmp_path / "notes.txt", arcname="notes.txt")
+    with pytest.raises(CheckpointError, match=r"archive.pth.tar is not a readable PyTorch checkpoint \(truncated or damaged\?\)"):
+        DltResNetExtractor(str(path)).network
+
+
 def test_checkpoint_without_tensors_is_refused(tmp_path):
     path = tmp_path / "dict.pth.tar"
     torch.save({"epoch": 3, "arch": "dltresnet34"}, path)
