@@ -150,7 +150,7 @@ def model_options(function):
 @click.group(cls=AliasedGroup, context_settings={"help_option_names": ("-?", "-h", "--help")})
 def pytorch() -> None:
     """Speaker embeddings with the DltResNet-34 and ResNet-34 VoxCeleb models."""
-    interrupt_on_ctrl_c()
+    stop_cleanly_on_signals()
     drop_repeated_log_handlers(logging.getLogger("bob"))
 
 
@@ -169,15 +169,25 @@ def drop_repeated_log_handlers(target: logging.Logger) -> None:
         seen.add(key)
 
 
-def interrupt_on_ctrl_c() -> None:
-    """Make Ctrl-C raise KeyboardInterrupt again, so that a command stops with an error status.
+def stop_cleanly_on_signals() -> None:
+    """Stop a command on Ctrl-C or SIGTERM through an exception, so that its temporary files are removed.
 
-    bob's ``bob`` command has imported ``bob.pipelines`` by now, whose
-    ``dask_jobqueue`` replaced the handler with ``sys.exit()``: an interrupted
-    command would end with status 0 and print nothing.
+    Ctrl-C raises KeyboardInterrupt again (status 1, ``Aborted!``): bob's
+    ``bob`` command has imported ``bob.pipelines`` by now, whose
+    ``dask_jobqueue`` replaced the handler with ``sys.exit()``, so that an
+    interrupted command would end with status 0 and print nothing. SIGTERM,
+    which grid schedulers send to jobs they stop, would end the process at
+    once, leaving a download's temporary and lock files behind; it exits
+    with status 143 instead, after the cleanup.
     """
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    click.echo("Terminated.", err=True)
+    raise SystemExit(128 + signum)
 
 
 @pytorch.command("extract-audio")

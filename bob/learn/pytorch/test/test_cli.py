@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from importlib.metadata import distribution
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from bob.learn.pytorch.script import pytorch as cli
 from bob.learn.pytorch.script.pytorch import pytorch
 
 from .conftest import SPEECH
+from .model_server import ModelServer
 
 DRN_PATH_KEY = "bob.learn.pytorch.extractor.audio.drn_modelpath"
 DRN_URL_KEY = "bob.learn.pytorch.extractor.audio.drn_url"
@@ -216,12 +218,41 @@ def test_importing_the_package_with_a_damaged_settings_file_names_the_file(tmp_p
 
 def test_the_command_group_restores_keyboard_interrupt_on_ctrl_c():
     previous = signal.signal(signal.SIGINT, lambda *_: sys.exit())
+    previous_term = signal.getsignal(signal.SIGTERM)
     try:
         result = run("info")
         assert result.exit_code == 0, result.output
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
+
+
+def test_sigterm_during_a_download_exits_143_leaving_no_temporary_or_lock_file(tmp_path, isolated_settings, drn_file):
+    script = Path(sys.executable).with_name("bob")
+    if not script.is_file():
+        pytest.skip("no bob script beside this Python")
+    target = tmp_path / "models" / "drn34.pth.tar"
+    with ModelServer({"drn.pth.tar": drn_file.read_bytes()}, slow_seconds=120) as server:
+        server.then("slow")  # the answer waits: the download is in progress when SIGTERM comes
+        write_settings(isolated_settings, {DRN_PATH_KEY: str(target), DRN_URL_KEY: server.url("drn.pth.tar")})
+        process = subprocess.Popen(
+            [str(script), "pytorch", "download-models", "drn34"],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            for _ in range(600):
+                if list(target.parent.glob(".drn34.pth.tar.*.partial")) or process.poll() is not None:
+                    break
+                time.sleep(0.1)
+            assert process.poll() is None and (target.parent / "drn34.pth.tar.lock").exists()
+            process.send_signal(signal.SIGTERM)
+            _, errors = process.communicate(timeout=60)
+        finally:
+            process.kill()
+    assert process.returncode == 143, errors
+    assert errors.strip().endswith("Terminated.")
+    assert list(target.parent.iterdir()) == []
 
 
 def test_entry_points_declare_the_group_and_no_console_script():
