@@ -40,6 +40,11 @@ def run(*args):
     return CliRunner().invoke(pytorch, [str(arg) for arg in args], catch_exceptions=False)
 
 
+def run_python_process(command, cwd, env=None):
+    """Run ``command`` (a Python program or script) to its end, its output captured as text."""
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
 def read_wav(path):
     rate, samples = scipy.io.wavfile.read(path)
     return rate, samples
@@ -152,7 +157,8 @@ def test_ctrl_c_stops_extract_audio_with_an_error_status_and_no_output(tmp_path,
     if not script.is_file():
         pytest.skip("no bob script beside this Python")
     rate = 16000  # ten minutes: the run is still embedding when the interrupt comes
-    scipy.io.wavfile.write(tmp_path / "long.wav", rate, numpy.random.RandomState(0).randint(-3000, 3000, rate * 600, numpy.int16))
+    samples = numpy.random.RandomState(0).randint(-3000, 3000, rate * 600, numpy.int16)
+    scipy.io.wavfile.write(tmp_path / "long.wav", rate, samples)
     output = tmp_path / "out" / "long.h5"
     command = [str(script), "pytorch", "extract-audio", "long.wav", "-o", str(output), "--model", str(drn_file), "-vv"]
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -178,8 +184,8 @@ def test_log_messages_are_printed_once_by_the_bob_command(tmp_path, drn_file):
     script = Path(sys.executable).with_name("bob")
     if not script.is_file():
         pytest.skip("no bob script beside this Python")
-    command = [script, "pytorch", "extract-audio", SPEECH / GOOD[0], "-o", tmp_path / "x.h5", "--model", drn_file, "-vv"]
-    finished = subprocess.run([str(part) for part in command], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    command = [script, "pytorch", "extract-audio", SPEECH / GOOD[0], "-o", tmp_path / "x.h5", "--model", drn_file]
+    finished = run_python_process([str(part) for part in command + ["-vv"]], tmp_path)
     assert finished.returncode == 0, finished.stderr
     assert finished.stdout.count(f"INFO: loaded DltResNet-34 from {drn_file}") == 1, finished.stdout
 
@@ -194,11 +200,11 @@ def test_importing_the_package_keeps_the_ctrl_c_handler_it_found(tmp_path):
         "import bob.learn.pytorch.transformers\n"
         "assert signal.getsignal(signal.SIGINT) is mine, signal.getsignal(signal.SIGINT)\n"
     )
-    finished = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    finished = run_python_process([sys.executable, "-c", program], tmp_path)
     assert finished.returncode == 0, finished.stderr
     # What bob.pipelines does on its own, which the package undoes:
     unguarded = program.replace("bob.learn.pytorch.preprocessor.audio,", "bob.pipelines,")
-    finished = subprocess.run([sys.executable, "-c", unguarded], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    finished = run_python_process([sys.executable, "-c", unguarded], tmp_path)
     assert finished.returncode == 1 and "<lambda>" in finished.stderr
 
 
@@ -207,13 +213,12 @@ def test_importing_the_package_with_a_damaged_settings_file_names_the_file(tmp_p
     config.mkdir()
     (config / "bobrc.toml").write_text("[bob.learn.pytorch.extractor.audio\ndrn_modelpath = \n")
     environment = dict(os.environ, XDG_CONFIG_HOME=str(config))
-    finished = subprocess.run(
-        [sys.executable, "-c", "import bob.learn.pytorch.preprocessor.audio"],
-        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300,
-    )
+    program = "import bob.learn.pytorch.preprocessor.audio"
+    finished = run_python_process([sys.executable, "-c", program], tmp_path, environment)
     assert finished.returncode == 1
     last = finished.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"bob.learn.pytorch.errors.SettingsError: the bob settings file {config / 'bobrc.toml'} is not valid (")
+    error = f"bob.learn.pytorch.errors.SettingsError: the bob settings file {config / 'bobrc.toml'}"
+    assert last.startswith(error + " is not valid (")
 
 
 def test_the_command_group_restores_keyboard_interrupt_on_ctrl_c():

@@ -61,7 +61,9 @@ def _require_cuda_device(device: torch.device) -> None:
         )
     count = torch.cuda.device_count()
     if device.index is not None and device.index >= count:
-        raise RuntimeError(f"device '{device}' asked for, but PyTorch finds {count} CUDA device(s): cuda:0 to cuda:{count - 1}")
+        raise RuntimeError(
+            f"device '{device}' asked for, but PyTorch finds {count} CUDA device(s): cuda:0 to cuda:{count - 1}"
+        )
 
 
 def _positive_size(name: str, value: Any) -> int:
@@ -297,9 +299,7 @@ class DltResNetExtractor(Preprocessor):
             If ``batch_size`` is not positive, or an utterance is invalid or
             too short (the message names its index).
         """
-        if isinstance(batch_size, (bool, numpy.bool_)) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r} ({type(batch_size).__name__})")
-        batch_size = int(batch_size)
+        batch_size = _positive_size("batch_size", batch_size)
         if not isinstance(audios, Sequence):
             audios = _as_list_of_audio(audios)
         if len(audios) == 0:
