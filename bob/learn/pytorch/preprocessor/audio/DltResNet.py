@@ -7,7 +7,6 @@ embedding of the whole utterance as a float32 ``(1, 128)`` array, and
 directly as features (see the package guide).
 """
 import logging
-import numbers
 import os
 import threading
 import warnings
@@ -21,7 +20,7 @@ from ... import io
 from ...bob_imports import Preprocessor
 from ...checkpoint import clean_state_dict, load_state_dict_strictly, read_checkpoint
 from ...model_files import ensure_model_file
-from .embedding import MIN_FRAMES, check_specs, embed_chunks, embed_spectrogram
+from .embedding import MIN_FRAMES, check_specs, embed_chunks, embed_spectrogram, whole_number
 from .fast import FastForward, supports_fast_path
 from .frontend import TARGET_RATE, frame_geometry, mono_samples, prepare_signal, spectrogram, unpack_audio
 from .streaming import STREAMING_MIN_FRAMES, SignalSpectrogram, SpectrogramArray, embed_long, signal_source
@@ -64,13 +63,6 @@ def _require_cuda_device(device: torch.device) -> None:
         raise RuntimeError(
             f"device '{device}' asked for, but PyTorch finds {count} CUDA device(s): cuda:0 to cuda:{count - 1}"
         )
-
-
-def _positive_size(name: str, value: Any) -> int:
-    """``value`` as an int, or ``ValueError`` naming ``name`` if it is not a positive whole number."""
-    if isinstance(value, (bool, numpy.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r} ({type(value).__name__})")
-    return int(value)
 
 
 def _as_list_of_audio(audios: Any) -> List[Any]:
@@ -163,8 +155,8 @@ class DltResNetExtractor(Preprocessor):
             warnings.simplefilter("ignore", DeprecationWarning)
             super().__init__(min_preprocessed_file_size=bn_dim)
         self.model_file = model_file
-        self.num_classes = _positive_size("num_classes", num_classes)
-        self.bn_dim = _positive_size("bn_dim", bn_dim)
+        self.num_classes = whole_number("num_classes", num_classes, minimum=1)
+        self.bn_dim = whole_number("bn_dim", bn_dim, minimum=1)
         self.cuda_flag = int(cuda_flag)
         self.test = test
         self.use_res = use_res
@@ -299,7 +291,7 @@ class DltResNetExtractor(Preprocessor):
             If ``batch_size`` is not positive, or an utterance is invalid or
             too short (the message names its index).
         """
-        batch_size = _positive_size("batch_size", batch_size)
+        batch_size = whole_number("batch_size", batch_size, minimum=1)
         if not isinstance(audios, Sequence):
             audios = _as_list_of_audio(audios)
         if len(audios) == 0:

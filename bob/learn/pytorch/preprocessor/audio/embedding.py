@@ -22,6 +22,7 @@ __all__ = [
     "embed_chunks",
     "check_specs",
     "embed_spectrogram",
+    "whole_number",
 ]
 
 #: Fewest frames the networks turn into a finite embedding (the pooled
@@ -37,11 +38,15 @@ CHUNK_EPSILON = 1e-7
 Chunk = Tuple[int, int]
 
 
-def _check_count(name: str, value: Any) -> int:
-    if isinstance(value, (bool, numpy.bool_)) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    if value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+def whole_number(name: str, value: Any, minimum: int = 0) -> int:
+    """``value`` as an int, or ``ValueError`` naming ``name`` if it is not an integer of at least ``minimum`` (0 or 1).
+
+    >>> whole_number("batch_size", numpy.int64(8), minimum=1)
+    8
+    """
+    if isinstance(value, (bool, numpy.bool_)) or not isinstance(value, numbers.Integral) or value < minimum:
+        kind = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(f"{name} must be a {kind} integer, got {value!r} ({type(value).__name__})")
     return int(value)
 
 
@@ -230,10 +235,8 @@ def embed_spectrogram(
         float32 ``(n_chunks, D)``, one row per usable chunk.
     """
     specs = check_specs(specs)
-    L = _check_count("L", L)
-    min_length = _check_count("min_length", min_length)
-    batch_size = _check_count("batch_size", batch_size)
-    if batch_size == 0:
-        raise ValueError("batch_size must be at least 1")
+    L = whole_number("L", L)
+    min_length = whole_number("min_length", min_length)
+    batch_size = whole_number("batch_size", batch_size, minimum=1)
     batches = iter_batches(specs, L, batch_size, min_length)
     return numpy.vstack([embed_chunks(forward, chunks, device) for chunks in batches])
