@@ -17,6 +17,7 @@ extension. Each speaker's first ``enroll_per_speaker`` files (in sorted
 order) form the speaker's model; every other file is a probe scored against
 every model.
 """
+import contextlib
 import csv
 import io as _io
 import logging
@@ -24,13 +25,14 @@ import os
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import scipy.io.wavfile
 from sklearn.pipeline import make_pipeline
 
 from .atomic import replacing
 from .bob_imports import CSVDatabase, FileSampleLoader
+from .preprocessor.audio.embedding import whole_number
 
 __all__ = ["read_speakers", "write_csv_protocol", "csv_database", "recordings_database"]
 
@@ -60,20 +62,33 @@ def read_speakers(csv_file: PathLike) -> dict:
     Raises
     ------
     ValueError
-        If a column is missing or a file is listed twice.
+        If the file is not UTF-8 text (a byte-order mark is allowed), a column
+        is missing, a file is listed twice or a row has no speaker.
     """
-    with open(csv_file, newline="", encoding="utf-8") as handle:
+    with open(csv_file, newline="", encoding="utf-8-sig") as handle:  # -sig: spreadsheets' "CSV UTF-8"
         reader = csv.DictReader(handle)
-        missing = {"file", "speaker"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{csv_file} needs the columns 'file' and 'speaker'; missing: {sorted(missing)}")
-        speakers = {}
-        for row in reader:
-            name = Path(row["file"]).as_posix()
-            if name in speakers:
-                raise ValueError(f"{csv_file} lists {name} twice")
-            speakers[name] = row["speaker"]
+        try:
+            rows = list(reader)
+            fieldnames = set(reader.fieldnames or ())
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{csv_file} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
+    missing = {"file", "speaker"} - fieldnames
+    if missing:
+        raise ValueError(f"{csv_file} needs the columns 'file' and 'speaker'; missing: {sorted(missing)}")
+    speakers = {}
+    for line, row in enumerate(rows, start=2):
+        name = Path(row["file"]).as_posix()
+        if name in speakers:
+            raise ValueError(f"{csv_file} lists {name} twice")
+        speakers[name] = _speaker_name(row["speaker"], f"{csv_file}, line {line} ({name})")
     return speakers
+
+
+def _speaker_name(value: Any, where: str) -> str:
+    """``value`` as a speaker name, or ``ValueError`` naming ``where`` if it is missing or blank."""
+    if value is None or not str(value).strip():
+        raise ValueError(f"{where}: no speaker given")
+    return str(value)
 
 
 def _recordings(folder: Path, extension: str) -> list:
@@ -96,9 +111,9 @@ def _speaker_of(files: list, speakers: Speakers, folder: Path) -> dict:
                 "speaker's files in a subfolder named after the speaker, or pass speakers= (a dict or a "
                 "file,speaker CSV)"
             )
-        return {name: name.split("/")[-2] for name in files}
+        return _speakers_from_folders(files, folder)
     table = speakers if isinstance(speakers, Mapping) else read_speakers(speakers)
-    table = {Path(name).as_posix(): str(speaker) for name, speaker in table.items()}
+    table = {Path(name).as_posix(): _speaker_name(speaker, f"speaker of {name}") for name, speaker in table.items()}
     unknown = [name for name in files if name not in table]
     if unknown:
         raise ValueError(
@@ -109,6 +124,26 @@ def _speaker_of(files: list, speakers: Speakers, folder: Path) -> dict:
     if absent:
         logger.warning("%d files of the speakers table are not in %s, e.g. %s", len(absent), folder, absent[:3])
     return {name: table[name] for name in files}
+
+
+def _speakers_from_folders(files: list, folder: Path) -> dict:
+    """``{file: name of its parent folder}``, refusing two different folders of one name.
+
+    In ``alice/s1/1.wav`` and ``bob/s1/1.wav`` the parent folders are both
+    ``s1``: taking them as one speaker would score bob's recordings as alice's.
+    """
+    parents = {name: name.rsplit("/", 1)[0] for name in files}
+    by_speaker = defaultdict(set)
+    for parent in parents.values():
+        by_speaker[parent.rsplit("/", 1)[-1]].add(parent)
+    shared = {speaker: sorted(paths) for speaker, paths in by_speaker.items() if len(paths) > 1}
+    if shared:
+        speaker, paths = sorted(shared.items())[0]
+        raise ValueError(
+            f"folders {', '.join(paths[:3])} of {folder} would all be speaker '{speaker}': the speaker is the "
+            "name of a recording's folder, so pass speakers= (a dict or a file,speaker CSV) for nested folders"
+        )
+    return {name: parent.rsplit("/", 1)[-1] for name, parent in parents.items()}
 
 
 def _split(files: list, speaker_of: dict, enroll_per_speaker: int, extension: str) -> tuple:
@@ -132,12 +167,24 @@ def _csv_text(rows: list) -> str:
     return buffer.getvalue()
 
 
-def _write_if_changed(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, unless the file already holds it."""
-    if path.is_file() and path.read_text(encoding="utf-8") == text:
-        return
-    with replacing(path, what="the protocol file") as temporary:
-        temporary.write_text(text, encoding="utf-8", newline="")
+def _holds(path: Path, text: str) -> bool:
+    try:
+        return path.is_file() and path.read_bytes() == text.encode("utf-8")
+    except OSError:
+        return False
+
+
+def _write_if_changed(files: Mapping[Path, str]) -> None:
+    """Write each ``{path: text}`` that does not hold its text yet, all renamed into place together.
+
+    Each is written to a temporary file first; none is renamed until all are
+    written, so a failure leaves the old set of files, not a mix.
+    """
+    changed = {path: text for path, text in files.items() if not _holds(path, text)}
+    with contextlib.ExitStack() as stack:
+        for path, text in changed.items():
+            temporary = stack.enter_context(replacing(path, what="the protocol file"))
+            temporary.write_text(text, encoding="utf-8", newline="")
 
 
 def write_csv_protocol(
@@ -188,8 +235,7 @@ def write_csv_protocol(
         If there are no recordings, a recording has no speaker, or no file
         is left for probing.
     """
-    if enroll_per_speaker < 1:
-        raise ValueError(f"enroll_per_speaker must be at least 1, got {enroll_per_speaker!r}")
+    enroll_per_speaker = whole_number("enroll_per_speaker", enroll_per_speaker, minimum=1)
     if group not in ("dev", "eval"):
         raise ValueError(f"group must be 'dev' or 'eval', got {group!r}")
     folder = Path(recordings)
@@ -201,8 +247,7 @@ def write_csv_protocol(
             "lower it or add recordings"
         )
     target = Path(protocols) / protocol / group
-    _write_if_changed(target / "for_enrolling.csv", _csv_text(enroll))
-    _write_if_changed(target / "for_probing.csv", _csv_text(probe))
+    _write_if_changed({target / "for_enrolling.csv": _csv_text(enroll), target / "for_probing.csv": _csv_text(probe)})
     logger.info("protocol %s: %d enrolment and %d probe files in %s", protocol, len(enroll), len(probe), target)
     return target
 

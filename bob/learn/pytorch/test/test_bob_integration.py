@@ -492,13 +492,51 @@ def test_write_csv_protocol_errors(tmp_path):
         write_csv_protocol(flat, tmp_path / "p", SPEAKERS, extension=".flac")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         write_csv_protocol(tmp_path / "missing", tmp_path / "p", SPEAKERS)
-    with pytest.raises(ValueError, match="at least 1"):
-        write_csv_protocol(flat, tmp_path / "p", SPEAKERS, enroll_per_speaker=0)
+    for count in (0, 1.5, "2"):
+        with pytest.raises(ValueError, match=f"enroll_per_speaker must be a positive integer, got {count!r}"):
+            write_csv_protocol(flat, tmp_path / "p", SPEAKERS, enroll_per_speaker=count)
+    with pytest.raises(ValueError, match=r"speaker of fest_ked_u1.wav: no speaker given"):
+        write_csv_protocol(flat, tmp_path / "p", dict(SPEAKERS, **{"fest_ked_u1.wav": " "}))
     bad = tmp_path / "bad.csv"
     bad.write_text("name,speaker\nx.wav,a\n")
     with pytest.raises(ValueError, match="columns 'file' and 'speaker'"):
         read_speakers(bad)
     assert not (tmp_path / "p").exists()
+
+
+def test_nested_folders_with_one_name_for_two_speakers_are_refused(tmp_path):
+    for speaker in ("alice", "bob"):
+        for take in (1, 2):
+            target = tmp_path / "wavs" / speaker / "s1" / f"{take}.wav"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(SPEECH / "fest_ked_u1.wav", target)
+    with pytest.raises(ValueError, match=r"folders alice/s1, bob/s1 of .* would all be speaker 's1'.*pass speakers="):
+        write_csv_protocol(tmp_path / "wavs", tmp_path / "p")
+    assert not (tmp_path / "p").exists()
+
+
+def test_speakers_table_with_a_byte_order_mark_blank_speaker_or_latin1(tmp_path):
+    table = tmp_path / "speakers.csv"
+    table.write_bytes("\ufefffile,speaker\r\na.wav,alice\r\n".encode("utf-8"))  # a spreadsheet's "CSV UTF-8"
+    assert read_speakers(table) == {"a.wav": "alice"}
+    table.write_text("file,speaker\na.wav,alice\nb.wav,\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"speakers.csv, line 3 \(b.wav\): no speaker given"):
+        read_speakers(table)
+    table.write_bytes("file,speaker\nh\xe9l\xe8ne.wav,h\xe9l\xe8ne\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"speakers.csv is not UTF-8 text \(invalid continuation byte at byte \d+\); save it as UTF-8"):
+        read_speakers(table)
+
+
+def test_the_two_protocol_files_are_replaced_together(tmp_path):
+    recordings = copy_speech(tmp_path / "wavs")
+    folder = write_csv_protocol(recordings, tmp_path / "protocols", SPEAKERS)
+    before = {name: (folder / name).read_bytes() for name in ("for_enrolling.csv", "for_probing.csv")}
+    (folder / "for_probing.csv").unlink()
+    (folder / "for_probing.csv").mkdir()  # cannot be replaced by a file
+    with pytest.raises(OSError):
+        write_csv_protocol(recordings, tmp_path / "protocols", SPEAKERS, enroll_per_speaker=2)
+    assert (folder / "for_enrolling.csv").read_bytes() == before["for_enrolling.csv"], "old set kept, not a mix"
+    assert sorted(path.name for path in folder.iterdir()) == ["for_enrolling.csv", "for_probing.csv"]
 
 
 def test_recordings_database_reads_rate_and_samples(tmp_path):
