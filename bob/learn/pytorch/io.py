@@ -25,17 +25,25 @@ def write_embedding(data: Any, path: PathLike) -> None:
 
     Raises
     ------
+    TypeError
+        If ``data`` is not an array of real numbers (``None``, objects,
+        complex numbers, strings).
     PermissionError, OSError
         If the folder cannot be created or written, naming the path.
     """
-    array = numpy.asarray(data, dtype=numpy.float64)
+    source = numpy.asarray(data)
+    if source.dtype.kind not in "biuf":
+        raise TypeError(
+            f"embeddings must be an array of real numbers, got {type(data).__name__} of dtype {source.dtype}"
+        )
+    array = source.astype(numpy.float64)
     with replacing(path, what="embeddings") as temporary:
         with h5py.File(temporary, "w") as hdf5:
             hdf5.create_dataset(DATASET, data=array)
 
 
 def read_embedding(path: PathLike) -> numpy.ndarray:
-    """Return dataset ``feats`` of the HDF5 file at ``path`` as stored (float64).
+    """Return dataset ``feats`` of the HDF5 file at ``path`` as stored (float64 when :func:`write_embedding` wrote it).
 
     Raises
     ------

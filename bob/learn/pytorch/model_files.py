@@ -102,7 +102,9 @@ def resolve_model_file(record: "PretrainedModel", model_file: Optional[PathLike]
     record : PretrainedModel
         The pretrained model (``DLTRESNET34_VOXCELEB`` or ``RESNET34_VOXCELEB``).
     model_file : str or os.PathLike, optional
-        An explicit path, which wins over everything else.
+        An explicit path, which wins over everything else. A relative path is
+        made absolute here, against the current folder, so that a pickled
+        extractor finds the same file in a worker started elsewhere.
 
     Returns
     -------
@@ -118,7 +120,7 @@ def resolve_model_file(record: "PretrainedModel", model_file: Optional[PathLike]
     ModelLocation(path='/models/drn34.pth.tar', source='argument')
     """
     if model_file is not None:
-        return ModelLocation(os.fspath(model_file), SOURCE_ARGUMENT)
+        return ModelLocation(os.path.abspath(os.path.expanduser(os.fspath(model_file))), SOURCE_ARGUMENT)
     setting = _text_setting(record.path_key)
     if setting is not None:
         return ModelLocation(os.path.abspath(os.path.expanduser(setting.value.strip())), setting.source)

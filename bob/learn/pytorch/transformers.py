@@ -159,8 +159,15 @@ class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
         return self.extractor
 
     def __getstate__(self) -> dict:
-        state = super().__getstate__()
+        """The parameters without the loaded extractor; a relative ``model_file`` is made absolute here.
+
+        Workers unpickle the transformer in folders of their own: the path
+        must name the file that was meant where the pipeline was built.
+        """
+        state = dict(super().__getstate__())  # a copy: the base class may hand out the live __dict__
         state.pop("_extractor", None)
+        if state.get("model_file") is not None:
+            state["model_file"] = os.path.abspath(os.path.expanduser(os.fspath(state["model_file"])))
         return state
 
     # -- scikit-learn API ---------------------------------------------------------------------

@@ -391,6 +391,24 @@ def test_unpickled_copies_share_one_network_per_process(checkpoint):
     assert first._get_extractor().network is second._get_extractor().network
 
 
+def test_relative_model_files_still_name_the_file_after_unpickling_elsewhere(checkpoint, tmp_path, monkeypatch):
+    """Workers unpickle in folders of their own; a relative path means the file where the pipeline was built."""
+    here, elsewhere = tmp_path / "experiment", tmp_path / "worker"
+    here.mkdir()
+    elsewhere.mkdir()
+    shutil.copy(checkpoint("drn34"), here / "drn34.pth.tar")
+    monkeypatch.chdir(here)
+    extractor_payload = pickle.dumps(DltResNetExtractor("drn34.pth.tar"))
+    transformer = AudioEmbeddingTransformer(model_file="drn34.pth.tar")
+    transformer_payload = pickle.dumps(transformer)
+    assert transformer.model_file == "drn34.pth.tar"  # the parameter itself is kept, as scikit-learn wants
+    monkeypatch.chdir(elsewhere)
+    audio = read_audio("flite_rms_u1.wav")
+    expected = DltResNetExtractor(str(here / "drn34.pth.tar"))(audio)
+    numpy.testing.assert_array_equal(pickle.loads(extractor_payload)(audio), expected)
+    numpy.testing.assert_array_equal(pickle.loads(transformer_payload).transform([audio])[0], expected)
+
+
 # -- dask: nothing heavy is pickled, nothing is loaded in the scheduler process ------------
 
 

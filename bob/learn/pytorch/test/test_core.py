@@ -226,6 +226,15 @@ def test_write_read_round_trip_matches_the_original_file_layout(drn_extractor, n
     numpy.testing.assert_array_equal(restored, embedding.astype(numpy.float64))
 
 
+@pytest.mark.parametrize(
+    "data, dtype", [(None, "object"), (numpy.array([None, 1.0]), "object"), (numpy.ones(3, complex), "complex128")]
+)
+def test_write_data_refuses_what_is_not_real_numbers_and_writes_nothing(drn_extractor, tmp_path, data, dtype):
+    with pytest.raises(TypeError, match=rf"^embeddings must be an array of real numbers, got \w+ of dtype {dtype}$"):
+        drn_extractor.write_data(data, str(tmp_path / "emb.hdf5"))
+    assert list(tmp_path.iterdir()) == [tmp_path / "home"]
+
+
 def test_read_data_errors_are_clear(drn_extractor, tmp_path):
     with pytest.raises(FileNotFoundError, match="no embedding file"):
         drn_extractor.read_data(str(tmp_path / "missing.hdf5"))
