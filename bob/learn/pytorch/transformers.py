@@ -237,7 +237,7 @@ class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
 
 def _as_audios(X: Sequence[Any], rate: Optional[Sequence[int]]) -> list:
     """``(rate, samples)`` pairs from ``X`` and the optional rates."""
-    X = list(X)
+    X = _as_list("X", X, "recordings")
     if rate is None:
         for index, audio in enumerate(X):
             if not (isinstance(audio, (tuple, list)) and len(audio) == 2):
@@ -246,7 +246,20 @@ def _as_audios(X: Sequence[Any], rate: Optional[Sequence[int]]) -> list:
                     "carry their rate in an attribute, create the transformer with rate_attribute='rate'"
                 )
         return X
-    rate = list(rate)
+    rate = _as_list("rate", rate, "sampling rates, one per recording")
     if len(rate) != len(X):
         raise ValueError(f"got {len(X)} recordings but {len(rate)} rates")
+    for index, samples in enumerate(X):
+        if isinstance(samples, (tuple, list)) and len(samples) == 2:
+            raise TypeError(
+                f"recording {index} is a (rate, samples) pair, but rates are also given (rate_attribute): pass "
+                "the samples alone, or create the transformer without rate_attribute"
+            )
     return [(value, numpy.asarray(samples)) for value, samples in zip(rate, X)]
+
+
+def _as_list(name: str, values: Any, what: str) -> list:
+    try:
+        return list(values)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of {what}, got {type(values).__name__}") from None

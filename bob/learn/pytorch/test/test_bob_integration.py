@@ -348,6 +348,12 @@ def test_samples_with_a_rate_attribute(drn_extractor):
         with_pair.transform([bob.pipelines.Sample(data, rate=rate, key="a")])[0].data
     with pytest.raises(ValueError, match="2 recordings but 1 rates"):
         AudioEmbeddingTransformer(drn_extractor).transform([data, data], rate=[rate])
+    with pytest.raises(TypeError, match=r"^recording 0 is a \(rate, samples\) pair, but rates are also given"):
+        with_rate.transform([bob.pipelines.Sample((rate, data), rate=rate, key="a")])[0].data
+    with pytest.raises(TypeError, match=r"^rate must be a sequence of sampling rates, one per recording, got int$"):
+        AudioEmbeddingTransformer(drn_extractor).transform([data], rate=16000)
+    with pytest.raises(TypeError, match=r"^X must be a sequence of recordings, got NoneType$"):
+        AudioEmbeddingTransformer(drn_extractor).transform(None)
 
 
 def test_transformer_tags_and_sklearn_contract(drn_extractor, tmp_path):
