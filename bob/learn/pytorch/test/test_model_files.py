@@ -150,9 +150,12 @@ def test_bob12_file_wins_over_the_legacy_file(isolated_settings):
     assert resolve_model_file(RN).path == "/old/rn.pth.tar"  # not in the TOML file: the legacy file answers
 
 
-def test_argument_wins_over_every_setting(isolated_settings):
+def test_argument_wins_over_every_setting_and_is_made_absolute(isolated_settings, tmp_path, monkeypatch):
     write_toml(isolated_settings, '[bob.learn.pytorch.extractor.audio]\ndrn_modelpath = "/new/drn.pth.tar"\n')
-    assert resolve_model_file(DRN, Path("given.pth.tar")) == ModelLocation("given.pth.tar", "argument")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model_file(DRN, Path("given.pth.tar")) == ModelLocation(str(tmp_path / "given.pth.tar"), "argument")
+    assert resolve_model_file(DRN, "/models/x.pth.tar") == ModelLocation("/models/x.pth.tar", "argument")
+    assert resolve_model_file(DRN, "~/x.pth.tar").path == str(isolated_settings / "x.pth.tar")  # HOME is isolated
 
 
 @pytest.mark.parametrize(
