@@ -31,6 +31,7 @@ __all__ = [
     "SOURCE_PACKAGE_URL",
     "DOWNLOAD_TIMEOUT_KEY",
     "sha256_key",
+    "absolute_path",
     "resolve_model_file",
     "resolve_model_url",
     "resolve_sha256",
@@ -94,6 +95,15 @@ def _text_setting(key: str) -> Optional[SettingValue]:
     return setting
 
 
+def absolute_path(path: PathLike) -> str:
+    """``path`` with ``~`` expanded, made absolute against the current folder.
+
+    A model path is fixed when it is resolved, so that it names the same file
+    after the process (or a pipeline worker) changes folder.
+    """
+    return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
 def resolve_model_file(record: "PretrainedModel", model_file: Optional[PathLike] = None) -> ModelLocation:
     """Return the file to load for ``record`` and where that choice came from.
 
@@ -120,10 +130,10 @@ def resolve_model_file(record: "PretrainedModel", model_file: Optional[PathLike]
     ModelLocation(path='/models/drn34.pth.tar', source='argument')
     """
     if model_file is not None:
-        return ModelLocation(os.path.abspath(os.path.expanduser(os.fspath(model_file))), SOURCE_ARGUMENT)
+        return ModelLocation(absolute_path(model_file), SOURCE_ARGUMENT)
     setting = _text_setting(record.path_key)
     if setting is not None:
-        return ModelLocation(os.path.abspath(os.path.expanduser(setting.value.strip())), setting.source)
+        return ModelLocation(absolute_path(setting.value.strip()), setting.source)
     return ModelLocation(record.default_path, SOURCE_PACKAGE_DATA)
 
 

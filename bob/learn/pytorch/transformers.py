@@ -17,7 +17,9 @@ import numpy
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from . import io
+from .model_files import absolute_path
 from .preprocessor.audio import DltResNetExtractor, ResNetExtractor
+from .preprocessor.audio.embedding import as_list
 
 __all__ = ["AudioEmbeddingTransformer"]
 
@@ -167,7 +169,7 @@ class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
         state = dict(super().__getstate__())  # a copy: the base class may hand out the live __dict__
         state.pop("_extractor", None)
         if state.get("model_file") is not None:
-            state["model_file"] = os.path.abspath(os.path.expanduser(os.fspath(state["model_file"])))
+            state["model_file"] = absolute_path(state["model_file"])
         return state
 
     # -- scikit-learn API ---------------------------------------------------------------------
@@ -237,7 +239,7 @@ class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
 
 def _as_audios(X: Sequence[Any], rate: Optional[Sequence[int]]) -> list:
     """``(rate, samples)`` pairs from ``X`` and the optional rates."""
-    X = _as_list("X", X, "recordings")
+    X = as_list("X", X, "recordings")
     if rate is None:
         for index, audio in enumerate(X):
             if not (isinstance(audio, (tuple, list)) and len(audio) == 2):
@@ -246,7 +248,7 @@ def _as_audios(X: Sequence[Any], rate: Optional[Sequence[int]]) -> list:
                     "carry their rate in an attribute, create the transformer with rate_attribute='rate'"
                 )
         return X
-    rate = _as_list("rate", rate, "sampling rates, one per recording")
+    rate = as_list("rate", rate, "sampling rates, one per recording")
     if len(rate) != len(X):
         raise ValueError(f"got {len(X)} recordings but {len(rate)} rates")
     for index, samples in enumerate(X):
@@ -258,8 +260,3 @@ def _as_audios(X: Sequence[Any], rate: Optional[Sequence[int]]) -> list:
     return [(value, numpy.asarray(samples)) for value, samples in zip(rate, X)]
 
 
-def _as_list(name: str, values: Any, what: str) -> list:
-    try:
-        return list(values)
-    except TypeError:
-        raise TypeError(f"{name} must be a sequence of {what}, got {type(values).__name__}") from None

@@ -350,9 +350,10 @@ def test_samples_with_a_rate_attribute(drn_extractor):
         AudioEmbeddingTransformer(drn_extractor).transform([data, data], rate=[rate])
     with pytest.raises(TypeError, match=r"^recording 0 is a \(rate, samples\) pair, but rates are also given"):
         with_rate.transform([bob.pipelines.Sample((rate, data), rate=rate, key="a")])[0].data
-    with pytest.raises(TypeError, match=r"^rate must be a sequence of sampling rates, one per recording, got int$"):
+    expected = r"^rate must be a list \(or other iterable\) of sampling rates, one per recording, got int$"
+    with pytest.raises(TypeError, match=expected):
         AudioEmbeddingTransformer(drn_extractor).transform([data], rate=16000)
-    with pytest.raises(TypeError, match=r"^X must be a sequence of recordings, got NoneType$"):
+    with pytest.raises(TypeError, match=r"^X must be a list \(or other iterable\) of recordings, got NoneType$"):
         AudioEmbeddingTransformer(drn_extractor).transform(None)
 
 

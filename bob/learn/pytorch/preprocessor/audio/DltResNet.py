@@ -20,7 +20,7 @@ from ... import io
 from ...bob_imports import Preprocessor
 from ...checkpoint import clean_state_dict, load_state_dict_strictly, read_checkpoint
 from ...model_files import ensure_model_file
-from .embedding import MIN_FRAMES, check_specs, embed_chunks, embed_spectrogram, whole_number
+from .embedding import MIN_FRAMES, as_list, check_specs, embed_chunks, embed_spectrogram, whole_number
 from .fast import FastForward, supports_fast_path
 from .frontend import TARGET_RATE, frame_geometry, mono_samples, prepare_signal, spectrogram, unpack_audio
 from .streaming import STREAMING_MIN_FRAMES, SignalSpectrogram, SpectrogramArray, embed_long, signal_source
@@ -63,16 +63,6 @@ def _require_cuda_device(device: torch.device) -> None:
         raise RuntimeError(
             f"device '{device}' asked for, but PyTorch finds {count} CUDA device(s): cuda:0 to cuda:{count - 1}"
         )
-
-
-def _as_list_of_audio(audios: Any) -> List[Any]:
-    """``audios`` read into a list, or ``TypeError`` if it cannot be iterated (a lone pair is a sequence already)."""
-    try:
-        return list(audios)
-    except TypeError:
-        raise TypeError(
-            f"audios must be a list (or other iterable) of (rate, samples) pairs, got {type(audios).__name__}"
-        ) from None
 
 
 def _require_minimum_length(n_samples: int) -> None:
@@ -293,7 +283,7 @@ class DltResNetExtractor(Preprocessor):
         """
         batch_size = whole_number("batch_size", batch_size, minimum=1)
         if not isinstance(audios, Sequence):
-            audios = _as_list_of_audio(audios)
+            audios = as_list("audios", audios, "(rate, samples) pairs")
         if len(audios) == 0:
             return numpy.zeros((0, self.bn_dim), dtype=numpy.float32)
         network = self.network

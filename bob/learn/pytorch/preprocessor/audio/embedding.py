@@ -23,6 +23,7 @@ __all__ = [
     "check_specs",
     "embed_spectrogram",
     "whole_number",
+    "as_list",
 ]
 
 #: Fewest frames the networks turn into a finite embedding (the pooled
@@ -48,6 +49,18 @@ def whole_number(name: str, value: Any, minimum: int = 0) -> int:
         kind = "positive" if minimum == 1 else "non-negative"
         raise ValueError(f"{name} must be a {kind} integer, got {value!r} ({type(value).__name__})")
     return int(value)
+
+
+def as_list(name: str, values: Any, what: str) -> list:
+    """``values`` read into a list, or ``TypeError`` naming ``name`` and ``what`` it should hold if it is not iterable.
+
+    >>> as_list("rates", (16000, 8000), "sampling rates")
+    [16000, 8000]
+    """
+    try:
+        return list(values)
+    except TypeError:
+        raise TypeError(f"{name} must be a list (or other iterable) of {what}, got {type(values).__name__}") from None
 
 
 def plan_chunks(n_frames: int, L: int, min_length: int = 30) -> List[Chunk]:
