@@ -32,6 +32,7 @@ from sklearn.pipeline import make_pipeline
 
 from .atomic import replacing
 from .bob_imports import CSVDatabase, FileSampleLoader
+from .io import utf8_encodable
 from .preprocessor.audio.embedding import whole_number
 
 __all__ = ["read_speakers", "write_csv_protocol", "csv_database", "recordings_database"]
@@ -98,6 +99,12 @@ def _recordings(folder: Path, extension: str) -> list:
     found = sorted(path.relative_to(folder).as_posix() for path in folder.rglob(f"*{extension}") if path.is_file())
     if not found:
         raise ValueError(f"no '*{extension}' files in {folder}; pass extension= for other file names")
+    for name in found:
+        if not utf8_encodable(name):
+            raise ValueError(
+                f"the name of {os.fsencode(name)!r} in {folder} is not UTF-8 text, which the protocol's UTF-8 CSV "
+                "files cannot hold: rename the file or folder (convmv -f latin1 -t utf8 converts Latin-1 names)"
+            )
     return found
 
 

@@ -7,7 +7,7 @@ import numpy
 
 from .atomic import replacing
 
-__all__ = ["write_embedding", "read_embedding", "DATASET"]
+__all__ = ["write_embedding", "read_embedding", "utf8_encodable", "DATASET"]
 
 #: Name of the dataset holding the embedding, as in the original package.
 DATASET = "feats"
@@ -66,3 +66,20 @@ def read_embedding(path: PathLike) -> numpy.ndarray:
         if not isinstance(dataset, h5py.Dataset):
             raise ValueError(f"{path} has no dataset '{DATASET}'; it was not written by write_data")
         return dataset[()]
+
+
+def utf8_encodable(name: str) -> bool:
+    """True if ``name`` can be written into the output files (HDF5 names, CSV), which hold UTF-8 text.
+
+    A file name whose bytes are not UTF-8 (an old Latin-1 archive, say)
+    reaches Python with surrogate escapes, which no UTF-8 file can hold.
+
+    >>> latin1_name = os.fsdecode("h\u00e9l\u00e8ne.wav".encode("latin-1"))  # as os.listdir returns it
+    >>> utf8_encodable("h\u00e9l\u00e8ne.wav"), utf8_encodable(latin1_name)
+    (True, False)
+    """
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -18,6 +18,7 @@ import numpy
 import scipy.io.wavfile
 
 from ..atomic import replacing
+from ..io import utf8_encodable
 from ..preprocessor.audio import DltResNetExtractor
 
 __all__ = [
@@ -167,6 +168,9 @@ def collect_inputs(arguments: Iterable[str]) -> Tuple[List[AudioInput], List[Fai
                 )
             if not item.name:
                 problems.append(Failure(str(item.path), "cannot make an output name from this path"))
+                continue
+            if not utf8_encodable(item.name):
+                problems.append(Failure(repr(os.fsencode(item.path)), "the file name is not UTF-8 text: rename it"))
                 continue
             by_name[item.name] = key
             inputs.append(item)

@@ -540,6 +540,18 @@ def test_nested_folders_with_one_name_for_two_speakers_are_refused(tmp_path):
     assert not (tmp_path / "p").exists()
 
 
+def test_a_recording_name_that_is_not_utf8_is_refused_by_name(tmp_path):
+    for speaker in (b"alice", b"h\xe9l\xe8ne"):  # a Latin-1 folder name, as old archives have
+        folder = os.path.join(os.fsencode(tmp_path), b"wavs", speaker)
+        os.makedirs(folder)
+        shutil.copy(SPEECH / "fest_ked_u1.wav", os.path.join(folder, b"1.wav"))
+        shutil.copy(SPEECH / "fest_ked_u2.wav", os.path.join(folder, b"2.wav"))
+    expected = r"the name of b'h\\xe9l\\xe8ne/1.wav' in .*wavs is not UTF-8 text.*rename the file or folder"
+    with pytest.raises(ValueError, match=expected):
+        write_csv_protocol(tmp_path / "wavs", tmp_path / "p")
+    assert not (tmp_path / "p").exists()
+
+
 def test_speakers_table_with_a_byte_order_mark_blank_speaker_or_latin1(tmp_path):
     table = tmp_path / "speakers.csv"
     table.write_bytes("\ufefffile,speaker\r\na.wav,alice\r\n".encode("utf-8"))  # a spreadsheet's "CSV UTF-8"

@@ -2,6 +2,7 @@
 import csv
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -359,6 +360,24 @@ def test_a_damaged_wav_header_fails_alone(tmp_path, drn_file):
     assert "Traceback" not in result.output
     assert result.stderr.splitlines()[0].startswith(f"error: {damaged}: not a readable WAV file (damaged header")
     assert list(hdf5_contents(output)) == ["flite_kal_u1"]
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".csv", ".npy"])
+def test_a_file_name_that_is_not_utf8_fails_alone(tmp_path, drn_file, suffix):
+    folder = os.path.join(os.fsencode(tmp_path), b"wavs")
+    os.makedirs(folder)
+    shutil.copy(SPEECH / GOOD[0], os.path.join(folder, b"good.wav"))
+    shutil.copy(SPEECH / GOOD[1], os.path.join(folder, b"h\xe9l\xe8ne.wav"))  # a Latin-1 name
+    output = tmp_path / f"out{suffix}"
+    result = run("extract-audio", tmp_path / "wavs", "-o", output, "--model", drn_file)
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    bad = os.path.join(folder, b"h\xe9l\xe8ne.wav")
+    assert result.stderr.splitlines() == [
+        f"error: {bad!r}: the file name is not UTF-8 text: rename it",
+        "Error: 1 of 2 inputs failed (1 written)",
+    ]
+    assert output.is_file()
 
 
 def test_all_inputs_bad_writes_nothing_and_keeps_the_previous_output(tmp_path, drn_file, bad_inputs):
