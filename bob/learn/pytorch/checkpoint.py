@@ -9,6 +9,7 @@ unless the caller explicitly trusts the file.
 import os
 import pickle
 import re
+import warnings
 from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Tuple, Union
 
@@ -94,7 +95,10 @@ def read_checkpoint(path: PathLike, map_location: Any = "cpu", trust: bool = Fal
     try:
         if trust:
             return torch.load(path, map_location=map_location, weights_only=False)
-        with torch.serialization.safe_globals(NUMPY_SAFE_GLOBALS):
+        with torch.serialization.safe_globals(NUMPY_SAFE_GLOBALS), warnings.catch_warnings():
+            # torch warns about any pickle protocol but 2 and asks for an issue to be filed; such a
+            # file is not torch.save's, and the error raised below says what is wrong with it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         if "Weights only load failed" not in str(error):
