@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Iterator, List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import clapper.logging
 import click
@@ -40,6 +40,9 @@ MODEL_ERRORS = (
 MODELS = {"drn34": DLTRESNET34_VOXCELEB, "rn34": RESNET34_VOXCELEB}
 #: Values of ``--backend``: the forms of the network the extractors can run (see ``fast.BACKENDS``).
 BACKEND_CHOICES = fast.BACKENDS
+
+#: A click command function, given options by a decorator.
+F = TypeVar("F", bound=Callable[..., object])
 
 
 class ModelUnavailable(click.ClickException):
@@ -123,7 +126,7 @@ def _check_chunk_length(ctx: click.Context, param: click.Parameter, value: int) 
     return value
 
 
-def model_options(function):
+def model_options(function: F) -> F:
     """``--model``, ``--use-res``, ``--device`` and ``--trust-checkpoint``, shared by the commands."""
     options = [
         click.option(
@@ -312,7 +315,7 @@ def run_extraction(
     chunk_length: int,
     batch_size: int,
     show_progress: bool,
-):
+) -> Tuple[List[extraction.Embedded], List[extraction.Failure]]:
     """Embed ``items``, reporting each failure on stderr; returns ``(results, failures)``."""
     results: List[extraction.Embedded] = []
     failures: List[extraction.Failure] = []
@@ -483,7 +486,9 @@ def describe_backends() -> List[str]:
     help="Folder for embeddings.h5 and similarity.csv.",
 )
 @verbosity_option(logger=logger)
-def demo(model_file: Optional[str], use_res: bool, device: str, trust_checkpoint: bool, output_dir: str, **_: object):
+def demo(
+    model_file: Optional[str], use_res: bool, device: str, trust_checkpoint: bool, output_dir: str, **_: object
+) -> None:
     """Embed the recordings shipped with the package and print their cosine similarities.
 
     The 17 recordings of 6 speakers in bob/learn/pytorch/data/speech are
