@@ -258,5 +258,3 @@ def _as_audios(X: Sequence[Any], rate: Optional[Sequence[int]]) -> list:
                 "the samples alone, or create the transformer without rate_attribute"
             )
     return [(value, numpy.asarray(samples)) for value, samples in zip(rate, X)]
-
-

@@ -216,4 +216,3 @@ class SpeakerEmbeddingNet(nn.Module):
                 f"unknown forward type {self.net_type!r}; choose one of {', '.join(FORWARD_MODES)}"
             ) from None
         return method(x)
-

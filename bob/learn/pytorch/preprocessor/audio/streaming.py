@@ -387,4 +387,3 @@ def embed_long(
         vector = torch.from_numpy(pooled)[None].to(device)
         embedding = l2_normalize(network.em(vector))
     return embedding.float().cpu().numpy()
-
