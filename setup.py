@@ -22,8 +22,10 @@ setup(
     license="BSD-3-Clause",
     author="bob.learn.pytorch developers",
     python_requires=">=3.11",
-    packages=find_namespace_packages(include=["bob", "bob.*"]),
+    packages=find_namespace_packages(include=["bob", "bob.*"], exclude=["bob.learn.pytorch.test.data"]),
     include_package_data=True,
+    # the golden data travel with the source distribution (to run the tests), not with the wheel
+    exclude_package_data={"bob.learn.pytorch.test": ["data/*"]},
     package_data={
         "bob.learn.pytorch": ["data/speech/*.wav", "data/speech/*.csv", "data/speech/*.txt"],
         "bob.learn.pytorch.preprocessor.audio": ["data/.gitignore"],

@@ -1,39 +1,25 @@
-"""Shared fixtures: golden data from ../shared, reference checkpoints, isolated user settings."""
-import importlib.util
-import os
+"""Shared fixtures: golden data (``data/``), reference checkpoints, isolated user settings."""
 from pathlib import Path
 
 import numpy
 import pytest
 
+from .reference_checkpoints import DATA, write_reference_checkpoint
+
 REPO = Path(__file__).resolve().parents[4]
-SHARED = Path(os.environ.get("BOB_LEARN_PYTORCH_SHARED", REPO.parent / "shared"))
-FIXTURES = SHARED / "fixtures"
-PUBLIC = FIXTURES / "public"
 SPEECH = Path(__file__).resolve().parents[1] / "data" / "speech"
-
-
-def _make_checkpoint_module():
-    path = FIXTURES / "make_checkpoint.py"
-    if not path.is_file():
-        pytest.fail(f"golden fixtures not found at {FIXTURES}; set BOB_LEARN_PYTORCH_SHARED to the shared folder")
-    spec = importlib.util.spec_from_file_location("make_checkpoint", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory):
     """``checkpoint(net, variant="original")``: path of a reference checkpoint, built once per session."""
     folder = tmp_path_factory.mktemp("checkpoints")
-    builder = _make_checkpoint_module()
     cache = {}
 
     def build(net: str, variant: str = "original") -> Path:
         if (net, variant) not in cache:
             path = folder / f"{net}_{variant}.pth.tar"
-            builder.save_checkpoint(net, str(path), variant)
+            write_reference_checkpoint(net, path, variant)
             cache[net, variant] = path
         return cache[net, variant]
 
@@ -89,8 +75,8 @@ def server(payloads):
 
 
 def load_fixture(name: str):
-    """Arrays of ``../shared/fixtures/public/<name>.npz``."""
-    with numpy.load(PUBLIC / f"{name}.npz") as data:
+    """Arrays of the golden file ``data/<name>.npz`` (see ``data/README.md``)."""
+    with numpy.load(DATA / f"{name}.npz") as data:
         return {key: data[key] for key in data.files}
 
 

@@ -3,7 +3,7 @@
 Reference computations here are the eager network through
 :func:`~bob.learn.pytorch.preprocessor.audio.embedding.embed_spectrogram`
 (itself checked against the original by the golden tests). Tolerance: embeddings
-atol=1e-5, rtol=0 (FACTS.md §11). No timings are tested.
+atol=1e-5, rtol=0 (data/README.md, "Tolerances"). No timings are tested.
 """
 import logging
 import pickle

@@ -1,6 +1,6 @@
 """The original's numbers, reproduced: spectrograms, embeddings, chunking, intermediates.
 
-Tolerances (FACTS.md §11): spectrograms within 1e-12 of each array's maximum;
+Tolerances (data/README.md, "Tolerances"): spectrograms within 1e-12 of each array's maximum;
 embeddings atol=1e-5, rtol=0.
 """
 import numpy

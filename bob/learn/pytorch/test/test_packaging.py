@@ -184,6 +184,8 @@ def test_sdist_carries_docs_requirements_recipes_and_test_data(artefacts):
         "bob/learn/pytorch/data/speech/speakers.csv", "bob/learn/pytorch/data/speech/NOTICE.txt",
         "bob/learn/pytorch/data/speech/flite_kal_u1.wav", "bob/learn/pytorch/test/test_cli.py",
         "bob/learn/pytorch/preprocessor/audio/data/.gitignore",
+        "bob/learn/pytorch/test/data/README.md", "bob/learn/pytorch/test/data/checkpoint_spec.json",
+        "bob/learn/pytorch/test/data/bn_drn34.npz", "bob/learn/pytorch/test/data/extract_T300.npz",
     ):
         assert required in names, f"{required} missing from the sdist"
     assert not [name for name in names if name.endswith((".pth.tar", ".pth", ".partial", ".pyc"))]
@@ -201,6 +203,7 @@ def test_wheel_holds_the_package_data_and_no_bob_script(artefacts):
     assert "bob/learn/pytorch/script/pytorch.py" in names
     assert "[console_scripts]" not in declared and "pytorch = bob.learn.pytorch.script.pytorch:pytorch" in declared
     assert not [name for name in names if name.endswith((".pth.tar", ".pth"))]
+    assert not [name for name in names if name.startswith("bob/learn/pytorch/test/data/")], "golden data in the wheel"
 
 
 @pytest.mark.slow
