@@ -45,9 +45,9 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from bob.learn.pytorch.preprocessor.audio import DltResNetExtractor, ResNetExtractor  # noqa: E402
-from bob.learn.pytorch.preprocessor.audio.embedding import standardize  # noqa: E402
+from bob.learn.pytorch.embedding import standardize  # noqa: E402
 from bob.learn.pytorch.preprocessor.audio.fast import BACKENDS  # noqa: E402
-from bob.learn.pytorch.preprocessor.audio.frontend import prepare_signal  # noqa: E402
+from bob.learn.pytorch.frontend import prepare_signal  # noqa: E402
 
 RATE = 16000
 MATMUL_SIZE = 2048

@@ -33,9 +33,8 @@ import torch
 
 from .checkpoint import clean_state_dict, read_checkpoint
 from .errors import CheckpointError, ModelDownloadError
+from .pretrained import PretrainedNetwork
 
-if TYPE_CHECKING:  # the extractor module imports this one: no import cycle at run time
-    from .preprocessor.audio.weights import PretrainedModel
 
 __all__ = ["DownloadOptions", "download_model", "file_lock", "expected_parameter_names"]
 
@@ -90,18 +89,18 @@ class _Retryable(_Failure):
     """A download problem that may go away on another try."""
 
 
-def _set_command(record: "PretrainedModel") -> str:
+def _set_command(record: PretrainedNetwork) -> str:
     return f"bob config set {record.path_key} /path/to/model.pth.tar"
 
 
-def _download_error(record: "PretrainedModel", url: str, cause: str) -> ModelDownloadError:
+def _download_error(record: PretrainedNetwork, url: str, cause: str) -> ModelDownloadError:
     return ModelDownloadError(
         f"could not download the {record.title} model from {url}: {cause}. "
         f"To use a copy obtained by other means, run: {_set_command(record)}"
     )
 
 
-def _unwritable_error(record: "PretrainedModel", folder: str, error: OSError) -> ModelDownloadError:
+def _unwritable_error(record: PretrainedNetwork, folder: str, error: OSError) -> ModelDownloadError:
     return ModelDownloadError(
         f"cannot write the {record.title} model file into {folder} ({error.strerror or error}): the folder is "
         "not writable (for instance a read-only site-packages). Choose a writable location with "
@@ -314,12 +313,12 @@ def _fetch(url: str, partial: str, options: DownloadOptions, label: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _parameter_names(record: "PretrainedModel") -> frozenset:
+def _parameter_names(record: PretrainedNetwork) -> frozenset:
     with torch.device("meta"):
         return frozenset(record.build().state_dict())
 
 
-def expected_parameter_names(record: "PretrainedModel") -> Set[str]:
+def expected_parameter_names(record: PretrainedNetwork) -> Set[str]:
     """State-dict keys (without ``module.``) of the network ``record.build()`` makes."""
     return set(_parameter_names(record))
 
@@ -329,7 +328,7 @@ def _listing(names: List[str], limit: int = 5) -> str:
     return shown + (f", … ({len(names)} in all)" if len(names) > limit else "")
 
 
-def _validate(record: "PretrainedModel", partial: str, digest: str, sha256: Optional[str], trust: bool) -> None:
+def _validate(record: PretrainedNetwork, partial: str, digest: str, sha256: Optional[str], trust: bool) -> None:
     """Refuse a file with the wrong digest, or that is not a checkpoint of ``record``'s network."""
     if sha256 and digest != sha256.strip().lower():
         raise _Failure(f"sha256 mismatch: expected {sha256.strip().lower()}, got {digest}")
@@ -350,7 +349,7 @@ def _validate(record: "PretrainedModel", partial: str, digest: str, sha256: Opti
 # -- putting it together ------------------------------------------------------------------------
 
 
-def _prepare_folder(record: "PretrainedModel", folder: str) -> None:
+def _prepare_folder(record: PretrainedNetwork, folder: str) -> None:
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as error:
@@ -374,7 +373,7 @@ def _remove_stale_partials(target: str) -> None:
 
 
 def _download_into_place(
-    record: "PretrainedModel", url: str, target: str, sha256: Optional[str], trust: bool, options: DownloadOptions
+    record: PretrainedNetwork, url: str, target: str, sha256: Optional[str], trust: bool, options: DownloadOptions
 ) -> None:
     folder, name = os.path.split(target)
     try:
@@ -399,7 +398,7 @@ def _download_into_place(
 
 
 def download_model(
-    record: "PretrainedModel",
+    record: PretrainedNetwork,
     target: str,
     url: Optional[str] = None,
     *,
@@ -411,7 +410,7 @@ def download_model(
 
     Parameters
     ----------
-    record : PretrainedModel
+    record : PretrainedNetwork
         Which model; gives the expected parameter names and the setting to name in errors.
     target : str
         Final path of the file. Its folder is created if needed.

@@ -3,24 +3,23 @@
 The file to load is, in this order:
 
 1. the ``model_file`` argument given to the extractor (it must exist);
-2. the user setting ``bob.learn.pytorch.extractor.audio.drn_modelpath``
-   (DltResNet) or ``...rn_modelpath`` (ResNet), written by ``bob config set``
-   under either ``bob`` command (see :mod:`bob.learn.pytorch.settings`);
+2. the user setting named by the network's record (``record.path_key``),
+   written by ``bob config set`` under either ``bob`` command (see
+   :mod:`bob.learn.pytorch.settings`);
 3. the package data folder (``record.default_path``).
 
-In cases 2 and 3 a missing file is downloaded from the setting ``...drn_url`` /
-``...rn_url`` or else from the original Idiap address (``record.url``).
+In cases 2 and 3 a missing file is downloaded from the address in the setting
+``record.url_key``, or else from the record's own (``record.url``); the
+records are in :mod:`bob.learn.pytorch.pretrained`.
 """
 import logging
 import os
-from typing import TYPE_CHECKING, Any, List, NamedTuple, Optional, Sequence, Union
+from typing import Any, List, NamedTuple, Optional, Sequence, Union
 
 from .download import DownloadOptions, download_model
 from .errors import SettingsError
+from .pretrained import PretrainedNetwork, records as registered_networks
 from .settings import SettingValue, get_setting
-
-if TYPE_CHECKING:  # the extractor module imports this one: no import cycle at run time
-    from .preprocessor.audio.weights import PretrainedModel
 
 __all__ = [
     "ModelLocation",
@@ -30,7 +29,6 @@ __all__ = [
     "SOURCE_PACKAGE_DATA",
     "SOURCE_PACKAGE_URL",
     "DOWNLOAD_TIMEOUT_KEY",
-    "sha256_key",
     "absolute_path",
     "resolve_model_file",
     "resolve_model_url",
@@ -71,18 +69,13 @@ class ModelUrl(NamedTuple):
 class ModelFileInfo(NamedTuple):
     """Everything :func:`ensure_model_file` would use for one pretrained model."""
 
-    record: "PretrainedModel"
+    record: PretrainedNetwork
     path: str
     path_source: str
     url: str
     url_source: str
     sha256: Optional[str]
     exists: bool
-
-
-def sha256_key(record: "PretrainedModel") -> str:
-    """User setting with the sha256 of the file at the configured URL (``...drn_sha256`` / ``...rn_sha256``)."""
-    return record.url_key[: -len("_url")] + "_sha256"
 
 
 def _text_setting(key: str) -> Optional[SettingValue]:
@@ -104,13 +97,13 @@ def absolute_path(path: PathLike) -> str:
     return os.path.abspath(os.path.expanduser(os.fspath(path)))
 
 
-def resolve_model_file(record: "PretrainedModel", model_file: Optional[PathLike] = None) -> ModelLocation:
+def resolve_model_file(record: PretrainedNetwork, model_file: Optional[PathLike] = None) -> ModelLocation:
     """Return the file to load for ``record`` and where that choice came from.
 
     Parameters
     ----------
-    record : PretrainedModel
-        The pretrained model (``DLTRESNET34_VOXCELEB`` or ``RESNET34_VOXCELEB``).
+    record : PretrainedNetwork
+        The network's registry record.
     model_file : str or os.PathLike, optional
         An explicit path, which wins over everything else. A relative path is
         made absolute here, against the current folder, so that a pickled
@@ -124,9 +117,8 @@ def resolve_model_file(record: "PretrainedModel", model_file: Optional[PathLike]
 
     Examples
     --------
-    >>> from bob.learn.pytorch.model_files import resolve_model_file
-    >>> from bob.learn.pytorch.preprocessor.audio.weights import DLTRESNET34_VOXCELEB
-    >>> resolve_model_file(DLTRESNET34_VOXCELEB, "/models/drn34.pth.tar")
+    >>> from bob.learn.pytorch import pretrained
+    >>> resolve_model_file(pretrained.get("dltresnet34"), "/models/drn34.pth.tar")
     ModelLocation(path='/models/drn34.pth.tar', source='argument')
     """
     if model_file is not None:
@@ -137,21 +129,21 @@ def resolve_model_file(record: "PretrainedModel", model_file: Optional[PathLike]
     return ModelLocation(record.default_path, SOURCE_PACKAGE_DATA)
 
 
-def resolve_model_url(record: "PretrainedModel") -> ModelUrl:
-    """Return the download address for ``record`` (setting ``...drn_url`` / ``...rn_url``, else ``record.url``)."""
+def resolve_model_url(record: PretrainedNetwork) -> ModelUrl:
+    """Return the download address for ``record`` (the setting ``record.url_key``, else ``record.url``)."""
     setting = _text_setting(record.url_key)
     if setting is not None:
         return ModelUrl(setting.value.strip(), setting.source)
     return ModelUrl(record.url, SOURCE_PACKAGE_URL)
 
 
-def resolve_sha256(record: "PretrainedModel", url: str) -> Optional[str]:
+def resolve_sha256(record: PretrainedNetwork, url: str) -> Optional[str]:
     """The sha256 expected for the file at ``url``, when one is known.
 
-    The setting :func:`sha256_key` applies to whatever URL is used; ``record.sha256``
+    The setting ``record.sha256_key`` applies to whatever URL is used; ``record.sha256``
     applies only to the default address ``record.url``.
     """
-    setting = _text_setting(sha256_key(record))
+    setting = _text_setting(record.sha256_key)
     if setting is not None:
         return setting.value.strip().lower()
     return record.sha256 if url == record.url else None
@@ -178,7 +170,7 @@ def _positive_number(setting: SettingValue) -> float:
 
 
 def ensure_model_file(
-    record: "PretrainedModel",
+    record: PretrainedNetwork,
     model_file: Optional[PathLike] = None,
     *,
     trust: bool = False,
@@ -189,7 +181,7 @@ def ensure_model_file(
 
     Parameters
     ----------
-    record : PretrainedModel
+    record : PretrainedNetwork
         The pretrained model.
     model_file : str or os.PathLike, optional
         An explicit path. It is never downloaded: it must exist.
@@ -246,7 +238,7 @@ def ensure_model_file(
 
 
 def describe_model_files(
-    records: Optional[Sequence["PretrainedModel"]] = None,
+    records: Optional[Sequence[PretrainedNetwork]] = None,
 ) -> List[ModelFileInfo]:
     """For each pretrained model: the resolved path, the URL, their sources, and whether the file exists.
 
@@ -254,13 +246,11 @@ def describe_model_files(
 
     Parameters
     ----------
-    records : sequence of PretrainedModel, optional
-        Default: the DltResNet-34 and ResNet-34 VoxCeleb models, in that order.
+    records : sequence of PretrainedNetwork, optional
+        Default: every registered network, in registration order.
     """
     if records is None:
-        from .preprocessor.audio.weights import DLTRESNET34_VOXCELEB, RESNET34_VOXCELEB
-
-        records = (DLTRESNET34_VOXCELEB, RESNET34_VOXCELEB)
+        records = registered_networks()
     infos = []
     for record in records:
         location = resolve_model_file(record)

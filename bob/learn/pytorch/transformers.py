@@ -1,12 +1,12 @@
 """A scikit-learn transformer that embeds audio samples for bob pipelines.
 
-:class:`AudioEmbeddingTransformer` runs one of the package's extractors
-(:class:`~bob.learn.pytorch.preprocessor.audio.DltResNetExtractor` or
-:class:`~bob.learn.pytorch.preprocessor.audio.ResNetExtractor`) on a list of
-recordings with a single :meth:`embed_many` call. It follows bob's transformer
-contract: the constructor only stores its arguments, nothing needs fitting, the
-network is loaded on first use in the process that embeds, and pickling (dask
-sending the transformer to its workers) leaves the network behind.
+:class:`AudioEmbeddingTransformer` runs an
+:class:`~bob.learn.pytorch.preprocessor.audio.EmbeddingExtractor` (the one it
+is given, or one it builds for a registered network) on a list of recordings
+with a single ``embed_many`` call. It follows bob's transformer contract: the
+constructor only stores its arguments, nothing needs fitting, the network is
+loaded on first use in the process that embeds, and pickling (dask sending
+the transformer to its workers) leaves the network behind.
 """
 import logging
 import os
@@ -16,10 +16,10 @@ from typing import Any, Hashable, Optional, Sequence, Union
 import numpy
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from . import io
+from . import io, pretrained
+from .embedding import as_list
 from .model_files import absolute_path
-from .preprocessor.audio import DltResNetExtractor, ResNetExtractor
-from .preprocessor.audio.embedding import as_list
+from .preprocessor.audio import EmbeddingExtractor
 
 __all__ = ["AudioEmbeddingTransformer"]
 
@@ -27,43 +27,25 @@ logger = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-# One extractor per model and device in each process, so that the network is
-# loaded once per process however many unpickled copies of the transformer
-# (one per dask task) ask for it.
+# The extractor each process uses for a given extractor (copies unpickled from one extractor share
+# its instance token, so a worker loads the network once however many tasks carry a copy) or for
+# given settings (network, model file, device), when the transformer builds its own.
 _PROCESS_EXTRACTORS: dict = {}
 _PROCESS_LOCK = threading.Lock()
 
 
-def _extractor_key(extractor: DltResNetExtractor) -> Hashable:
-    return (
-        type(extractor),
-        extractor.model_path,
-        extractor.num_classes,
-        extractor.bn_dim,
-        str(extractor.device),
-        extractor.trust_checkpoint,
-    )
-
-
-def _process_extractor(extractor: DltResNetExtractor) -> DltResNetExtractor:
-    """The process-wide extractor equivalent to ``extractor`` (``extractor`` itself the first time).
-
-    Extractors in ``test`` mode carry their random network with them and are
-    returned unchanged.
-    """
-    if extractor.test:
-        return extractor
-    key = _extractor_key(extractor)
+def _process_extractor(key: Hashable, extractor: EmbeddingExtractor) -> EmbeddingExtractor:
+    """The extractor this process keeps for ``key`` (``extractor`` itself the first time)."""
     with _PROCESS_LOCK:
         return _PROCESS_EXTRACTORS.setdefault(key, extractor)
 
 
 class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
-    """Embed recordings with a DltResNet-34 or ResNet-34 speaker network.
+    """Embed recordings with a speaker network.
 
     Without a bob wrapper, ``transform(X)`` takes a list of ``(rate, samples)``
     pairs (what ``scipy.io.wavfile.read`` returns) and returns one float32
-    ``(1, 128)`` embedding per recording, as the extractor's ``__call__`` does.
+    ``(1, D)`` embedding per recording, as the extractor's ``__call__`` does.
     Wrapped with ``bob.pipelines.wrap(["sample"], ...)``, it reads each
     sample's ``data``:
 
@@ -75,13 +57,14 @@ class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
 
     Parameters
     ----------
-    extractor : DltResNetExtractor, optional
-        The extractor to use; its network is shared with the transformer. By
-        default one is built on first use from ``use_res``, ``model_file`` and
-        ``device``, which must then be left at their defaults when an
-        extractor is given.
+    extractor : EmbeddingExtractor, optional
+        The extractor to use, and its network; then ``network``, ``use_res``,
+        ``model_file`` and ``device`` must be left at their defaults. By
+        default one is built on first use from those.
+    network : str or PretrainedNetwork, optional
+        Registered network of the built extractor (``"dltresnet34"`` by default).
     use_res : bool
-        Build a :class:`ResNetExtractor` instead of a :class:`DltResNetExtractor`.
+        The original's switch: ``network="resnet34"``.
     model_file : str or os.PathLike, optional
         Model file of the built extractor (default: the extractor's own
         resolution: user setting, then package data folder).
@@ -89,22 +72,23 @@ class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
         Device of the built extractor (default CPU).
     batch_size : int
         Recordings of equal length embedded together (see
-        :meth:`DltResNetExtractor.embed_many`).
+        :meth:`EmbeddingExtractor.embed_many`).
     rate_attribute : str, optional
         Name of the sample attribute holding the sampling rate, when ``data``
         holds the samples alone.
 
     Notes
     -----
-    Each process keeps one extractor per model file, class and device, shared
-    by every copy of the transformer that dask unpickles there, so a worker
-    loads the network once however many tasks it runs.
+    Each process loads the network once per extractor: the copies of a given
+    extractor that dask unpickles there (one per task) share the first one's
+    network, and so do transformers that build their extractor from the same
+    settings. Two different extractors are never confused, even with the same
+    model file.
 
     Examples
     --------
     >>> import numpy
-    >>> from bob.learn.pytorch.preprocessor.audio import DltResNetExtractor
-    >>> transformer = AudioEmbeddingTransformer(DltResNetExtractor(test=True))
+    >>> transformer = AudioEmbeddingTransformer(EmbeddingExtractor("dltresnet34", test=True))
     >>> noise = numpy.random.RandomState(0).randint(-3000, 3000, 16000).astype("int16")
     >>> embeddings = transformer.transform([(16000, noise), (16000, noise[:8000])])
     >>> [e.shape for e in embeddings]
@@ -115,14 +99,15 @@ class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
     >>> import bob.pipelines
     >>> sample = bob.pipelines.Sample(noise, rate=16000, key="noise")
     >>> wrapped = bob.pipelines.wrap(
-    ...     ["sample"], AudioEmbeddingTransformer(DltResNetExtractor(test=True), rate_attribute="rate"))
+    ...     ["sample"], AudioEmbeddingTransformer(EmbeddingExtractor(test=True), rate_attribute="rate"))
     >>> wrapped.transform([sample])[0].data.shape
     (1, 128)
     """
 
     def __init__(
         self,
-        extractor: Optional[DltResNetExtractor] = None,
+        extractor: Optional[EmbeddingExtractor] = None,
+        network: Optional[pretrained.NetworkLike] = None,
         use_res: bool = False,
         model_file: Optional[PathLike] = None,
         device: Optional[str] = None,
@@ -130,6 +115,7 @@ class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
         rate_attribute: Optional[str] = None,
     ) -> None:
         self.extractor = extractor
+        self.network = network
         self.use_res = use_res
         self.model_file = model_file
         self.device = device
@@ -138,27 +124,39 @@ class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
 
     # -- the extractor, resolved on first use -------------------------------------------------
 
-    def _get_extractor(self) -> DltResNetExtractor:
+    def _get_extractor(self) -> EmbeddingExtractor:
         extractor = self.__dict__.get("_extractor")
         if extractor is None:
-            extractor = _process_extractor(self._configured_extractor())
+            extractor = self._given_extractor() if self.extractor is not None else self._built_extractor()
             self._extractor = extractor
         return extractor
 
-    def _configured_extractor(self) -> DltResNetExtractor:
-        if self.extractor is None:
-            kind = ResNetExtractor if self.use_res else DltResNetExtractor
-            return kind(self.model_file, device=self.device)
-        if self.use_res or self.model_file is not None or self.device is not None:
+    def _network_name(self) -> str:
+        if self.use_res and self.network is not None and pretrained.get(self.network).name != "resnet34":
+            raise ValueError(f"use_res=True conflicts with network={self.network!r}; pass only network")
+        return pretrained.get("resnet34" if self.use_res else self.network or "dltresnet34").name
+
+    def _built_extractor(self) -> EmbeddingExtractor:
+        name = self._network_name()
+        model_file = None if self.model_file is None else absolute_path(self.model_file)
+        key = ("settings", name, model_file, str(self.device))
+        known = _PROCESS_EXTRACTORS.get(key)
+        return known or _process_extractor(key, EmbeddingExtractor(name, model_file, device=self.device))
+
+    def _given_extractor(self) -> EmbeddingExtractor:
+        if self.network is not None or self.use_res or self.model_file is not None or self.device is not None:
             raise ValueError(
-                "pass either an extractor or use_res/model_file/device to AudioEmbeddingTransformer, not both; "
-                "configure the extractor itself instead"
+                "pass either an extractor or network/use_res/model_file/device to AudioEmbeddingTransformer, "
+                "not both; configure the extractor itself instead"
             )
-        if not isinstance(self.extractor, DltResNetExtractor):
+        if not isinstance(self.extractor, EmbeddingExtractor):
             raise TypeError(
-                f"extractor must be a DltResNetExtractor or ResNetExtractor, got {type(self.extractor).__name__}"
+                "extractor must be an EmbeddingExtractor (DltResNetExtractor, ResNetExtractor, ...), "
+                f"got {type(self.extractor).__name__}"
             )
-        return self.extractor
+        if self.extractor.test:  # carries its own random network: nothing to share
+            return self.extractor
+        return _process_extractor(("instance", self.extractor.instance_token), self.extractor)
 
     def __getstate__(self) -> dict:
         """The parameters without the loaded extractor; a relative ``model_file`` is made absolute here.
@@ -192,7 +190,7 @@ class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
         Returns
         -------
         list of numpy.ndarray
-            One float32 ``(1, 128)`` embedding per recording.
+            One float32 ``(1, D)`` embedding per recording.
 
         Raises
         ------

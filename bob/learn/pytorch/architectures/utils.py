@@ -197,22 +197,11 @@ class SpeakerEmbeddingNet(nn.Module):
         """L2-normalised output of the embedding layer ``em``."""
         return l2_normalize(self.em(self.forward_cnn(x)))
 
-    def _dispatch(self) -> Dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-        return {
-            "prefc": self.forward_cnn,
-            "cls": self.forward_cls,
-            "cls2": self.forward_cls2,
-            "cls3": self.forward_cls3,
-            "emb": self.forward_emb,
-            "emb2": self.forward_emb2,
-        }
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Run the forward type selected by ``net_type``."""
-        try:
-            method = self._dispatch()[self.net_type]
-        except KeyError:
-            raise ValueError(
-                f"unknown forward type {self.net_type!r}; choose one of {', '.join(FORWARD_MODES)}"
-            ) from None
+        """Run the forward type selected by ``net_type`` (``forward_<type>``; ``prefc`` is :meth:`forward_cnn`)."""
+        if self.net_type not in FORWARD_MODES:
+            raise ValueError(f"unknown forward type {self.net_type!r}; choose one of {', '.join(FORWARD_MODES)}")
+        method = getattr(self, "forward_cnn" if self.net_type == "prefc" else f"forward_{self.net_type}", None)
+        if method is None:
+            raise ValueError(f"{type(self).__name__} has no forward type {self.net_type!r}")
         return method(x)

@@ -14,7 +14,7 @@ from typing import List, Sequence
 import numpy
 
 from ..atomic import replacing
-from ..preprocessor.audio import DltResNetExtractor
+from ..preprocessor.audio import EmbeddingExtractor
 from . import extract
 
 __all__ = ["SPEECH_DIR", "Recording", "bundled_recordings", "cosine_similarity", "format_report", "run_demo"]
@@ -108,12 +108,12 @@ def _write_similarity_csv(recordings: Sequence[Recording], similarity: numpy.nda
                 writer.writerow([recording.name, recording.speaker] + [f"{value:.6f}" for value in row])
 
 
-def run_demo(extractor: DltResNetExtractor, output_dir: "os.PathLike[str] | str") -> str:
+def run_demo(extractor: EmbeddingExtractor, output_dir: "os.PathLike[str] | str") -> str:
     """Embed the bundled recordings, write ``embeddings.h5`` and ``similarity.csv``, return the report.
 
     Parameters
     ----------
-    extractor : DltResNetExtractor
+    extractor : EmbeddingExtractor
         The extractor to use (its model is loaded on first use).
     output_dir : path
         Created if needed.

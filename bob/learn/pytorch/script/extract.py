@@ -19,7 +19,7 @@ import scipy.io.wavfile
 
 from ..atomic import replacing
 from ..io import utf8_encodable
-from ..preprocessor.audio import DltResNetExtractor
+from ..preprocessor.audio import EmbeddingExtractor
 
 __all__ = [
     "AudioInput",
@@ -210,7 +210,7 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
-def _embed_one(extractor: DltResNetExtractor, audio: Tuple[int, numpy.ndarray], chunk_length: int, batch_size: int):
+def _embed_one(extractor: EmbeddingExtractor, audio: Tuple[int, numpy.ndarray], chunk_length: int, batch_size: int):
     if chunk_length == 0:
         return extractor(audio)
     specs = extractor.spectrogram(audio)
@@ -218,7 +218,7 @@ def _embed_one(extractor: DltResNetExtractor, audio: Tuple[int, numpy.ndarray], 
 
 
 def _embed_group(
-    extractor: DltResNetExtractor, loaded: List[Tuple[AudioInput, Tuple[int, numpy.ndarray]]], batch_size: int
+    extractor: EmbeddingExtractor, loaded: List[Tuple[AudioInput, Tuple[int, numpy.ndarray]]], batch_size: int
 ) -> Optional[numpy.ndarray]:
     """Rows of a whole group through ``embed_many``, or None if any recording fails."""
     try:
@@ -229,7 +229,7 @@ def _embed_group(
 
 
 def embed_inputs(
-    extractor: DltResNetExtractor,
+    extractor: EmbeddingExtractor,
     inputs: Sequence[AudioInput],
     chunk_length: int = 0,
     batch_size: int = 8,
@@ -239,7 +239,7 @@ def embed_inputs(
 
     Parameters
     ----------
-    extractor : DltResNetExtractor
+    extractor : EmbeddingExtractor
         A loaded extractor (its network is used as is).
     inputs : sequence of AudioInput
         The recordings.

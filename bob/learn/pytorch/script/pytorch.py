@@ -18,11 +18,9 @@ import click
 import torch
 from clapper.click import AliasedGroup, verbosity_option
 
-from .. import model_files, settings
+from .. import model_files, pretrained, runtimes, settings
 from ..errors import CheckpointError, ModelDownloadError, SettingsError
-from ..preprocessor.audio import DltResNetExtractor, ResNetExtractor, fast
-from ..preprocessor.audio.embedding import MIN_FRAMES
-from ..preprocessor.audio.weights import DLTRESNET34_VOXCELEB, RESNET34_VOXCELEB, PretrainedModel
+from ..preprocessor.audio import EmbeddingExtractor
 from . import extract as extraction
 
 logger = logging.getLogger("bob.learn.pytorch")
@@ -36,10 +34,8 @@ MODEL_ERRORS = (
     IsADirectoryError,
     PermissionError,
 )
-#: The released models by the names the commands accept.
-MODELS = {"drn34": DLTRESNET34_VOXCELEB, "rn34": RESNET34_VOXCELEB}
-#: Values of ``--backend``: the forms of the network the extractors can run (see ``fast.BACKENDS``).
-BACKEND_CHOICES = fast.BACKENDS
+#: Values of ``--backend``: the runtimes of the network's frame body (see :mod:`bob.learn.pytorch.runtimes`).
+BACKEND_CHOICES = runtimes.RUNTIMES
 
 #: A click command function, given options by a decorator.
 F = TypeVar("F", bound=Callable[..., object])
@@ -47,6 +43,27 @@ F = TypeVar("F", bound=Callable[..., object])
 
 class ModelUnavailable(click.ClickException):
     """The model could not be resolved, downloaded or loaded (exit status 1, no traceback)."""
+
+
+class NetworkName(click.ParamType):
+    """A network of the registry, by name or alias, checked when the command line is parsed.
+
+    The registry is read then, not when the command is defined, so networks
+    registered by the user's own code are accepted too.
+    """
+
+    name = "network"
+
+    def convert(self, value: object, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> pretrained.PretrainedNetwork:
+        if isinstance(value, pretrained.PretrainedNetwork):
+            return value
+        try:
+            return pretrained.get(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not a registered network; choose one of {', '.join(pretrained.names())}", param, ctx)
+
+    def get_metavar(self, param: click.Parameter, ctx: Optional[click.Context] = None) -> str:
+        return "[" + "|".join(pretrained.names()) + "]"
 
 
 def _count(number: int, noun: str) -> str:
@@ -63,22 +80,32 @@ def _model_problem(error: BaseException) -> str:
     return line.replace("trust_checkpoint=True", "--trust-checkpoint") if isinstance(error, CheckpointError) else line
 
 
+def chosen_network(network: Optional[pretrained.PretrainedNetwork], use_res: bool) -> pretrained.PretrainedNetwork:
+    """The network of ``--network`` and its alias ``--use-res`` (the original's switch for ``resnet34``)."""
+    if not use_res:
+        return network or pretrained.get("dltresnet34")
+    if network is not None and network.name != "resnet34":
+        raise click.UsageError(f"--use-res means --network resnet34, which conflicts with --network {network.name}")
+    return pretrained.get("resnet34")
+
+
 def load_extractor(
     model_file: Optional[str],
-    use_res: bool,
+    network: pretrained.NetworkLike = "dltresnet34",
     device: str = "cpu",
     trust_checkpoint: bool = False,
     backend: str = "auto",
-) -> DltResNetExtractor:
+) -> EmbeddingExtractor:
     """Build the extractor and load its network now, turning model problems into one-line errors.
 
     ``backend`` is passed on to the extractor (see :data:`BACKEND_CHOICES`).
     """
     torch_device = parse_device(device)
     check_backend(backend)
-    kind = ResNetExtractor if use_res else DltResNetExtractor
     try:
-        extractor = kind(model_file, device=torch_device, trust_checkpoint=trust_checkpoint, backend=backend)
+        extractor = EmbeddingExtractor(
+            network, model_file, device=torch_device, trust_checkpoint=trust_checkpoint, backend=backend
+        )
         extractor.network  # noqa: B018 - load now, so that a bad file fails before any recording is read
     except MODEL_ERRORS as error:
         raise ModelUnavailable(_model_problem(error)) from None
@@ -99,10 +126,10 @@ def check_backend(backend: str) -> str:
     """``--backend`` if it can be used here; a one-line error (exit status 1) naming the fix otherwise.
 
     Click's choice has already refused unknown names; what is left is an
-    explicit ``mnn`` or ``onnxruntime`` without the ``fast`` extra installed.
+    explicit ``onnxruntime`` without the ``fast`` extra installed.
     """
     try:
-        return fast.check_backend(backend)
+        return runtimes.check_runtime_name(backend)
     except (ImportError, ValueError) as error:
         raise click.ClickException(_one_line(error)) from None
 
@@ -117,27 +144,36 @@ def progress_reporter(total: int, show: bool, label: str) -> Iterator:
         yield bar.update
 
 
-def _check_chunk_length(ctx: click.Context, param: click.Parameter, value: int) -> int:
-    if 0 < value < MIN_FRAMES:
+def check_chunk_length(value: int, network: pretrained.PretrainedNetwork) -> int:
+    """``--chunk-length`` if the network can embed chunks that long; a usage error (exit status 2) otherwise."""
+    if 0 < value < network.min_frames:
         raise click.BadParameter(
-            f"{value} frames is shorter than the {MIN_FRAMES} frames the network needs; use 0 (whole recording) "
-            f"or at least {MIN_FRAMES}"
+            f"{value} frames is shorter than the {network.min_frames} frames the network needs; use 0 (whole "
+            f"recording) or at least {network.min_frames}",
+            param_hint="'--chunk-length' / '-L'",
         )
     return value
 
 
 def model_options(function: F) -> F:
-    """``--model``, ``--use-res``, ``--device`` and ``--trust-checkpoint``, shared by the commands."""
+    """``--network``, ``--model``, ``--use-res``, ``--device`` and ``--trust-checkpoint``, shared by the commands."""
     options = [
+        click.option(
+            "--network",
+            "-n",
+            type=NetworkName(),
+            default=None,
+            help="Registered network (default dltresnet34); 'bob pytorch info' lists them.",
+        ),
         click.option(
             "--model",
             "-m",
             "model_file",
             type=click.Path(exists=True, dir_okay=False),
-            help="Model file (.pth.tar). Default: the user setting bob.learn.pytorch.extractor.audio.drn_modelpath "
-            "(rn_modelpath with --use-res), else the package's copy, downloaded when missing.",
+            help="Model file (.pth.tar). Default: the network's user setting (see 'bob pytorch info'), else the "
+            "package's copy, downloaded when missing.",
         ),
-        click.option("--use-res", is_flag=True, help="Use the ResNet-34 model instead of the DltResNet-34 one."),
+        click.option("--use-res", is_flag=True, help="The original's switch: same as --network resnet34."),
         click.option("--device", "-d", default="cpu", show_default=True, help="Torch device, e.g. cpu, cuda, cuda:1."),
         click.option(
             "--trust-checkpoint",
@@ -209,9 +245,8 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
     default=0,
     show_default=True,
     type=click.IntRange(min=0),
-    callback=_check_chunk_length,
-    help=f"Chunk length in frames (10 ms each); 0 embeds each recording whole, else one row per chunk "
-    f"(at least {MIN_FRAMES}).",
+    help="Chunk length in frames (10 ms each for the released networks); 0 embeds each recording whole, else one "
+    "row per chunk (at least the network's minimum, 37 frames for the released networks).",
 )
 @click.option(
     "--batch-size",
@@ -226,14 +261,15 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
     default="auto",
     show_default=True,
     type=click.Choice(BACKEND_CHOICES),
-    help="Form of the network on the CPU. auto: mnn, else onnxruntime (onnxruntime first on AVX-512 processors) "
-    "when installed (the fast extra), else torchscript. A form that fails its check against eager is skipped with a warning (eager is the last resort).",
+    help="Runtime of the network on the CPU. auto: onnxruntime when installed (the fast extra) and it passes its "
+    "check against eager, else eager.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @verbosity_option(logger=logger)
 def extract_audio(
     inputs: Sequence[str],
     output: str,
+    network: Optional[pretrained.PretrainedNetwork],
     model_file: Optional[str],
     use_res: bool,
     device: str,
@@ -256,9 +292,11 @@ def extract_audio(
     \b
     Example:
       bob pytorch extract-audio recordings/ -o embeddings.h5
-      bob pytorch extract-audio a.wav b.wav -o embeddings.csv --use-res -L 300
+      bob pytorch extract-audio a.wav b.wav -o embeddings.csv --network resnet34 -L 300
       bob pytorch extract-audio recordings/ -o embeddings.h5 --backend eager
     """
+    record = chosen_network(network, use_res)
+    check_chunk_length(chunk_length, record)
     try:
         extraction.output_format(output)
         items, problems = extraction.collect_inputs(inputs)
@@ -270,7 +308,7 @@ def extract_audio(
     parse_device(device)
     check_backend(backend)
     check_output_folder(output)
-    extractor = load_extractor(model_file, use_res, device, trust_checkpoint, backend)
+    extractor = load_extractor(model_file, record, device, trust_checkpoint, backend)
     results, failures = run_extraction(extractor, items, chunk_length, batch_size, show_progress=_interactive(quiet))
     if results:
         attributes = _output_attributes(extractor, chunk_length)
@@ -310,7 +348,7 @@ def _interactive(quiet: bool) -> bool:
 
 
 def run_extraction(
-    extractor: DltResNetExtractor,
+    extractor: EmbeddingExtractor,
     items: Sequence[extraction.AudioInput],
     chunk_length: int,
     batch_size: int,
@@ -338,39 +376,38 @@ def report_failures(failures: Sequence[extraction.Failure]) -> None:
         click.echo(f"error: {failure.source}: {failure.reason}", err=True)
 
 
-def _output_attributes(extractor: DltResNetExtractor, chunk_length: int) -> dict:
+def _output_attributes(extractor: EmbeddingExtractor, chunk_length: int) -> dict:
     return {
         "model": extractor.pretrained.title,
+        "network": extractor.pretrained.name,
         "model_file": os.path.abspath(extractor.model_path),
         "chunk_length": chunk_length,
-        "sample_rate": extractor.pretrained.sample_rate,
+        "sample_rate": extractor.pretrained.front_end.sample_rate,
     }
 
 
 @pytorch.command("download-models")
-@click.argument("names", nargs=-1, type=click.Choice(sorted(MODELS)))
+@click.argument("networks", nargs=-1, type=NetworkName())
 @click.option(
     "--trust-checkpoint",
     is_flag=True,
     help="Validate the downloaded files with full unpickling (only for sources you trust).",
 )
 @verbosity_option(logger=logger)
-def download_models(names: Sequence[str], trust_checkpoint: bool, **_: object) -> None:
-    """Fetch the released models now (drn34 and rn34 by default), e.g. before grid jobs.
+def download_models(networks: Sequence[pretrained.PretrainedNetwork], trust_checkpoint: bool, **_: object) -> None:
+    """Fetch the networks' model files now (every registered network by default), e.g. before grid jobs.
 
     Each model goes where it resolves to (see ``bob pytorch info``): the
-    setting ``...drn_modelpath`` / ``...rn_modelpath``, else the package data
-    folder. A file already there is kept; a missing one is downloaded,
-    checked and moved into place.
+    network's path setting, else the package data folder. A file already
+    there is kept; a missing one is downloaded, checked and moved into place.
 
     \b
     Example:
       bob config set bob.learn.pytorch.extractor.audio.drn_modelpath /shared/models/drn34.pth.tar
-      bob pytorch download-models
+      bob pytorch download-models dltresnet34
     """
     failed = 0
-    for name in names or sorted(MODELS):
-        record = MODELS[name]
+    for record in networks or pretrained.records():
         try:
             path = model_files.ensure_model_file(record, trust=trust_checkpoint)
         except MODEL_ERRORS as error:
@@ -395,7 +432,7 @@ def info(**_: object) -> None:
       bob config set bob.learn.pytorch.extractor.audio.rn_modelpath /path/to/rn34.pth.tar
     """
     try:
-        described = model_files.describe_model_files([MODELS[name] for name in sorted(MODELS)])
+        described = model_files.describe_model_files()
         sections = [describe_model(entry) for entry in described]
         sections.append(describe_settings())
         sections.append(describe_backends())
@@ -413,9 +450,8 @@ def describe_model(entry: "model_files.ModelFileInfo") -> List[str]:
         state = "a folder, not a file: point the setting to the model file"
     else:
         state = "missing: downloaded on first use"
-    flag = "--use-res" if record is RESNET34_VOXCELEB else "default"
     return [
-        f"{record.title} ({record.name}, {flag})",
+        f"{record.title} (--network {record.name})",
         f"  model file:   {entry.path} [{state}]",
         f"    from:       {entry.path_source}",
         f"  download URL: {entry.url}",
@@ -430,48 +466,93 @@ def describe_settings() -> List[str]:
     for path in settings.settings_files():
         lines.append(f"  {path} ({'present' if path.is_file() else 'absent'})")
     lines.append("settings (bob config set KEY VALUE):")
-    keys = [key for record in MODELS.values() for key in setting_keys(record)] + [model_files.DOWNLOAD_TIMEOUT_KEY]
+    keys = [key for record in pretrained.records() for key in setting_keys(record)]
+    keys.append(model_files.DOWNLOAD_TIMEOUT_KEY)
     for key in keys:
         value = settings.get_setting(key)
         lines.append(f"  {key} = {value.value!r}  ({value.file})" if value else f"  {key}: not set")
     return lines
 
 
-def setting_keys(record: PretrainedModel) -> List[str]:
+def setting_keys(record: pretrained.PretrainedNetwork) -> List[str]:
     """The user settings that concern ``record``: model path, download URL, sha256."""
-    return [record.path_key, record.url_key, model_files.sha256_key(record)]
-
-
-def available_backends() -> List[str]:
-    """The forms of the network that can be built here, in the order of ``BACKENDS`` (``"auto"`` left out).
-
-    Only checks which packages are installed: nothing is imported or built.
-    """
-    return [name for name in BACKEND_CHOICES if name != "auto" and fast.backend_available(name)]
-
-
-def auto_candidates() -> List[str]:
-    """The forms ``backend="auto"`` tries here, in order, eager last: the first that passes its check is used."""
-    available = available_backends()
-    return [name for name in fast.auto_backends() if name in available] + ["eager"]
+    return [record.path_key, record.url_key, record.sha256_key]
 
 
 def describe_backends() -> List[str]:
-    """The lines ``info`` prints about the network backends (``--backend``); nothing is built."""
-    uses, *fallbacks = auto_candidates()
-    processor = torch.backends.cpu.get_cpu_capability()
+    """The lines ``info`` prints about the runtimes (``--backend``); nothing is imported or built."""
+    fast = runtimes.onnxruntime_available()
     lines = [
-        "network backends (extract-audio --backend; devices other than the CPU run eager):",
-        f"  available:    {', '.join(available_backends())}",
-        f"  auto uses:    {uses} on this {processor} processor "
-        f"(fallbacks: {', '.join(fallbacks)}; each form is checked against eager when built)",
+        "network runtimes (extract-audio --backend; devices other than the CPU run eager):",
+        f"  available:    {'onnxruntime, eager' if fast else 'eager'}",
+        f"  auto uses:    {'onnxruntime (eager if it fails its check against eager)' if fast else 'eager'}",
     ]
-    for name in fast.AUTO_BACKENDS:
-        try:
-            fast.check_backend(name)
-        except ImportError as error:
-            lines.append(f"  missing:      {_one_line(error)}")
+    if not fast:
+        lines.append('  missing:      ONNX Runtime is not installed: pip install "bob.learn.pytorch[fast]"')
     return lines
+
+
+@pytorch.command("export")
+@click.argument("network", type=NetworkName())
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    type=click.Path(dir_okay=False, writable=True),
+    help="The ONNX file to write, e.g. dltresnet34.onnx.",
+)
+@click.option(
+    "--model",
+    "-m",
+    "model_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Model file (.pth.tar). Default: the network's user setting, else the package's copy.",
+)
+@click.option(
+    "--trust-checkpoint",
+    is_flag=True,
+    help="Allow full unpickling of the model file (only for files you trust: it can run code).",
+)
+@verbosity_option(logger=logger)
+def export(
+    network: pretrained.PretrainedNetwork, output: str, model_file: Optional[str], trust_checkpoint: bool, **_: object
+) -> None:
+    """Write NETWORK as an ONNX model, checked against PyTorch before it is kept.
+
+    The model maps the standardised spectrogram (input 'spectrogram', float32,
+    shape (batch, 1, time, bins), each frequency column of each utterance
+    scaled to zero mean and unit variance) to the unit-norm embeddings
+    (output 'embedding', (batch, dim)); batch and time are free. The file is
+    run by ONNX Runtime on two probe inputs and kept only if it matches the
+    PyTorch network within 1e-5.
+
+    \b
+    Example:
+      bob pytorch export dltresnet34 -o dltresnet34.onnx
+      bob pytorch export resnet34 -o rn34.onnx --model /path/to/rn34.pth.tar
+    """
+    from .. import onnx_export
+    from ..atomic import replacing
+
+    check_backend("onnxruntime")  # the check needs ONNX Runtime (and onnx to export)
+    extractor = load_extractor(model_file, network, "cpu", trust_checkpoint, backend="eager")
+    module, bins = extractor.network, network.front_end.bins
+    try:
+        with replacing(output, "the ONNX model") as temporary:
+            onnx_export.export_embedding_network(module, str(temporary), bins)
+            difference = onnx_export.check_exported_embedding(temporary.read_bytes(), module, bins)
+            if not difference <= runtimes.RUNNER_ATOL:
+                raise click.ClickException(
+                    f"the exported model differs from the PyTorch network by {difference:.3g} "
+                    f"(more than {runtimes.RUNNER_ATOL:g}); nothing written"
+                )
+    except OSError as error:
+        raise click.ClickException(_one_line(error)) from None
+    click.echo(
+        f"wrote {output}: {network.title}, input '{onnx_export.INPUT_NAME}' (batch, 1, time, {bins}) -> output "
+        f"'{onnx_export.EMBEDDING_NAME}' (batch, {extractor.bn_dim}); largest difference from PyTorch "
+        f"{difference:.1e}"
+    )
 
 
 @pytorch.command("demo")
@@ -487,7 +568,13 @@ def describe_backends() -> List[str]:
 )
 @verbosity_option(logger=logger)
 def demo(
-    model_file: Optional[str], use_res: bool, device: str, trust_checkpoint: bool, output_dir: str, **_: object
+    network: Optional[pretrained.PretrainedNetwork],
+    model_file: Optional[str],
+    use_res: bool,
+    device: str,
+    trust_checkpoint: bool,
+    output_dir: str,
+    **_: object,
 ) -> None:
     """Embed the recordings shipped with the package and print their cosine similarities.
 
@@ -502,7 +589,7 @@ def demo(
     """
     from . import demo as demo_module
 
-    extractor = load_extractor(model_file, use_res, device, trust_checkpoint)
+    extractor = load_extractor(model_file, chosen_network(network, use_res), device, trust_checkpoint)
     try:
         report = demo_module.run_demo(extractor, output_dir)
     except (OSError, ValueError) as error:

@@ -149,9 +149,10 @@ def construct_extractor(data_dir: str, use_res: bool, barrier, results) -> None:
     Puts ``("ok", model_path, sha256 of that file)`` or ``("error", repr)`` on ``results``.
     """
     try:
-        from bob.learn.pytorch.preprocessor.audio import DltResNetExtractor, weights
+        from bob.learn.pytorch import pretrained
+        from bob.learn.pytorch.preprocessor.audio import DltResNetExtractor
 
-        weights.DATA_DIR = data_dir
+        pretrained.DATA_DIR = data_dir
         barrier.wait(timeout=120)
         extractor = DltResNetExtractor(use_res=use_res)
         results.put(("ok", extractor.model_path, sha256_of(extractor.model_path), os.getpid()))

@@ -20,8 +20,8 @@ import scipy.signal
 import torch
 from click.testing import CliRunner
 
-from bob.learn.pytorch.preprocessor.audio import fast, mnn_backend, ort_backend
-from bob.learn.pytorch.preprocessor.audio.weights import PretrainedModel
+from bob.learn.pytorch import runtimes
+from bob.learn.pytorch.pretrained import PretrainedNetwork
 from bob.learn.pytorch.script import extract
 from bob.learn.pytorch.script import pytorch as cli
 from bob.learn.pytorch.script.pytorch import pytorch
@@ -33,7 +33,6 @@ DRN_PATH_KEY = "bob.learn.pytorch.extractor.audio.drn_modelpath"
 DRN_URL_KEY = "bob.learn.pytorch.extractor.audio.drn_url"
 GOOD = ["flite_kal_u1.wav", "fest_ked_u2.wav"]
 NO_ORT_MESSAGE = 'ONNX Runtime is not installed: pip install "bob.learn.pytorch[fast]"'
-NO_MNN_MESSAGE = 'MNN is not installed: pip install "bob.learn.pytorch[fast]"'
 
 
 def run(*args):
@@ -105,9 +104,8 @@ def loaded_extractors(monkeypatch):
 
 @pytest.fixture
 def without_onnxruntime(monkeypatch):
-    """Behave as if the ``fast`` extra (onnx, onnxruntime and MNN) were not installed."""
-    monkeypatch.setattr(ort_backend, "available", lambda: False)
-    monkeypatch.setattr(mnn_backend, "available", lambda: False)
+    """Behave as if the ``fast`` extra (onnx and onnxruntime) were not installed."""
+    monkeypatch.setattr(runtimes, "onnxruntime_available", lambda: False)
 
 
 @pytest.fixture
@@ -450,19 +448,18 @@ def test_cuda_device_without_cuda_is_one_line_about_the_device_not_the_file(tmp_
     assert not output.parent.exists() or not list(output.parent.iterdir())
 
 
-@pytest.mark.parametrize("backend", ["eager", "torchscript", "onnxruntime", "mnn"])
+@pytest.mark.parametrize("backend", ["eager", "onnxruntime"])
 def test_backend_option_reaches_the_extractor_and_keeps_the_embeddings(
     tmp_path, drn_file, drn_extractor, loaded_extractors, backend
 ):
-    if not fast.backend_available(backend):
-        pytest.skip("the fast extra (onnx, onnxruntime, MNN) is not installed")
+    if backend == "onnxruntime" and not runtimes.onnxruntime_available():
+        pytest.skip("the fast extra (onnx, onnxruntime) is not installed")
     output = tmp_path / f"{backend}.h5"
     inputs = [SPEECH / name for name in GOOD]
     result = run("extract-audio", *inputs, "-o", output, "--model", drn_file, "--backend", backend, "-q")
     assert result.exit_code == 0, result.output
     (extractor,) = loaded_extractors
-    assert extractor.backend == backend
-    assert extractor._fast.runner_backend(extractor.network) == backend
+    assert extractor.backend == backend and extractor.runtime == backend
     stored = hdf5_contents(output)
     assert drn_extractor.backend == "auto"
     for name, path in zip(["flite_kal_u1", "fest_ked_u2"], inputs):
@@ -474,8 +471,7 @@ def test_backend_defaults_to_auto(tmp_path, drn_file, loaded_extractors):
     assert result.exit_code == 0, result.output
     (extractor,) = loaded_extractors
     assert extractor.backend == "auto"
-    first = next(name for name in fast.auto_backends() if fast.backend_available(name))
-    assert extractor._fast.runner_backend(extractor.network) == first
+    assert extractor.runtime == ("onnxruntime" if runtimes.onnxruntime_available() else "eager")
 
 
 def test_an_unknown_backend_is_refused_by_click(tmp_path, drn_file, loaded_extractors):
@@ -483,7 +479,7 @@ def test_an_unknown_backend_is_refused_by_click(tmp_path, drn_file, loaded_extra
     result = run("extract-audio", SPEECH / GOOD[0], "-o", output, "--model", drn_file, "--backend", "fastest")
     assert result.exit_code == 2
     assert (
-        "Invalid value for '--backend': 'fastest' is not one of 'auto', 'mnn', 'onnxruntime', 'torchscript', 'eager'"
+        "Invalid value for '--backend': 'fastest' is not one of 'auto', 'onnxruntime', 'eager'"
         in result.stderr
     )
     assert not loaded_extractors and not output.parent.exists()
@@ -502,17 +498,17 @@ def test_explicit_onnxruntime_without_it_stops_with_the_install_hint(
 
 def test_load_extractor_turns_a_missing_onnxruntime_into_a_click_error(drn_file, without_onnxruntime):
     with pytest.raises(click.ClickException, match=re.escape(NO_ORT_MESSAGE)):
-        cli.load_extractor(str(drn_file), use_res=False, backend="onnxruntime")
+        cli.load_extractor(str(drn_file), "dltresnet34", backend="onnxruntime")
 
 
-def test_auto_without_onnxruntime_uses_torchscript(
+def test_auto_without_onnxruntime_runs_eagerly(
     tmp_path, drn_file, drn_extractor, loaded_extractors, without_onnxruntime
 ):
     output = tmp_path / "auto.h5"
     result = run("extract-audio", SPEECH / GOOD[0], "-o", output, "--model", drn_file)
     assert result.exit_code == 0, result.output
     (extractor,) = loaded_extractors
-    assert extractor._fast.runner_backend(extractor.network) == "torchscript"
+    assert extractor.runtime == "eager"
     expected = drn_extractor(read_wav(SPEECH / GOOD[0]))
     numpy.testing.assert_allclose(hdf5_contents(output)["flite_kal_u1"], expected, atol=1e-5, rtol=0)
 
@@ -651,7 +647,7 @@ def test_info_tells_a_folder_set_as_model_file_from_a_missing_file(isolated_sett
 def backend_section(text):
     """The lines of ``info``'s last section, the one on network backends."""
     section = text.strip().split("\n\n")[-1].splitlines()
-    assert section[0].startswith("network backends (extract-audio --backend")
+    assert section[0].startswith("network runtimes (extract-audio --backend")
     return section[1:]
 
 
@@ -662,57 +658,27 @@ def no_network_built(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("info must not build a network")
 
-    monkeypatch.setattr(PretrainedModel, "build", refuse)
-    monkeypatch.setattr(cli.fast, "build_frame_runner", refuse)
+    monkeypatch.setattr(PretrainedNetwork, "build", refuse)
+    monkeypatch.setattr(runtimes, "build_runtime", refuse)
 
 
-@pytest.fixture
-def avx2_processor(monkeypatch):
-    """torch reports an AVX2 processor (as on the development machines), whatever this one is."""
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
-
-
-@pytest.mark.parametrize(
-    "processor, order", [("AVX2", "mnn (fallbacks: onnxruntime"), ("AVX512", "onnxruntime (fallbacks: mnn")]
-)
-def test_info_shows_the_backends_with_the_fast_extra(monkeypatch, no_network_built, processor, order):
-    monkeypatch.setattr(ort_backend, "available", lambda: True)
-    monkeypatch.setattr(mnn_backend, "available", lambda: True)
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: processor)
+def test_info_shows_the_runtimes_with_the_fast_extra(monkeypatch, no_network_built):
+    monkeypatch.setattr(runtimes, "onnxruntime_available", lambda: True)
     result = run("info")
     assert result.exit_code == 0, result.output
-    uses, fallbacks = order.split(" (fallbacks: ")
     assert backend_section(result.stdout) == [
-        "  available:    mnn, onnxruntime, torchscript, eager",
-        f"  auto uses:    {uses} on this {processor} processor (fallbacks: {fallbacks}, torchscript, eager; "
-        "each form is checked against eager when built)",
+        "  available:    onnxruntime, eager",
+        "  auto uses:    onnxruntime (eager if it fails its check against eager)",
     ]
     assert "pip install" not in result.stdout
 
 
-def test_info_names_a_missing_mnn(monkeypatch, no_network_built, avx2_processor):
-    monkeypatch.setattr(ort_backend, "available", lambda: True)
-    monkeypatch.setattr(mnn_backend, "available", lambda: False)
+def test_info_shows_the_runtimes_and_the_install_hint_without_onnxruntime(without_onnxruntime, no_network_built):
     result = run("info")
     assert result.exit_code == 0, result.output
     assert backend_section(result.stdout) == [
-        "  available:    onnxruntime, torchscript, eager",
-        "  auto uses:    onnxruntime on this AVX2 processor (fallbacks: torchscript, eager; "
-        "each form is checked against eager when built)",
-        f"  missing:      {NO_MNN_MESSAGE}",
-    ]
-
-
-def test_info_shows_the_backends_and_the_install_hint_without_onnxruntime(
-    without_onnxruntime, no_network_built, avx2_processor
-):
-    result = run("info")
-    assert result.exit_code == 0, result.output
-    assert backend_section(result.stdout) == [
-        "  available:    torchscript, eager",
-        "  auto uses:    torchscript on this AVX2 processor (fallbacks: eager; "
-        "each form is checked against eager when built)",
-        f"  missing:      {NO_MNN_MESSAGE}",
+        "  available:    eager",
+        "  auto uses:    eager",
         f"  missing:      {NO_ORT_MESSAGE}",
     ]
 
@@ -754,3 +720,86 @@ def test_demo_prints_and_writes_the_similarity_matrix(tmp_path, drn_file, drn_ex
     norms = numpy.linalg.norm(expected, axis=1)
     numpy.testing.assert_allclose(matrix, expected @ expected.T / numpy.outer(norms, norms), atol=2e-6, rtol=0)
     numpy.testing.assert_allclose(numpy.diag(matrix), 1.0, atol=2e-6)
+
+
+# -- networks by name, and export --------------------------------------------------------------------
+
+
+def test_network_option_chooses_the_registered_network(tmp_path, rn_file, rn_extractor):
+    by_name, by_alias = tmp_path / "name.h5", tmp_path / "alias.h5"
+    assert run("extract-audio", SPEECH / GOOD[0], "-o", by_name, "--model", rn_file, "--network", "resnet34").exit_code == 0
+    assert run("extract-audio", SPEECH / GOOD[0], "-o", by_alias, "--model", rn_file, "--use-res").exit_code == 0
+    expected = rn_extractor(read_wav(SPEECH / GOOD[0]))
+    for output in (by_name, by_alias):
+        numpy.testing.assert_allclose(hdf5_contents(output)["flite_kal_u1"], expected, atol=1e-5, rtol=0)
+    with h5py.File(by_name, "r") as hdf5:
+        assert hdf5.attrs["network"] == "resnet34" and hdf5.attrs["model"] == "ResNet-34"
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--network", "vgg"], "'vgg' is not a registered network; choose one of dltresnet34, resnet34"),
+        (["--use-res", "--network", "dltresnet34"], "--use-res means --network resnet34, which conflicts"),
+        (["-L", "20"], "20 frames is shorter than the 37 frames the network needs"),
+    ],
+)
+def test_network_usage_errors_exit_2_before_any_work(tmp_path, drn_file, loaded_extractors, arguments, message):
+    output = tmp_path / "out" / "x.h5"
+    result = run("extract-audio", SPEECH / GOOD[0], "-o", output, "--model", drn_file, *arguments)
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.stderr.split())
+    assert not loaded_extractors and not output.parent.exists()
+
+
+EXPORTED_RUNNER = """
+import sys
+import numpy, onnxruntime
+session = onnxruntime.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+(embedding,) = session.run(["embedding"], {"spectrogram": numpy.load(sys.argv[2])})
+numpy.save(sys.argv[3], embedding)
+assert not [name for name in sys.modules if name.startswith("bob")], "the package was imported"
+"""
+
+
+@pytest.mark.skipif(not runtimes.onnxruntime_available(), reason='needs ".[fast]"')
+@pytest.mark.parametrize("network, fixture", [("dltresnet34", "drn"), ("rn34", "rn")])
+def test_export_writes_onnx_that_onnxruntime_alone_runs_with_the_extractors_numbers(
+    tmp_path, request, extractors, network, fixture
+):
+    from bob.learn.pytorch.embedding import standardized_batch
+
+    model_file = request.getfixturevalue(f"{fixture}_file")
+    extractor = extractors[fixture]
+    output = tmp_path / "exported" / "net.onnx"
+    result = run("export", network, "-o", output, "--model", model_file)
+    assert result.exit_code == 0, result.output
+    title = extractor.pretrained.title
+    assert result.stdout.startswith(
+        f"wrote {output}: {title}, input 'spectrogram' (batch, 1, time, 257) -> output 'embedding' (batch, 128); "
+    )
+    assert sorted(path.name for path in output.parent.iterdir()) == ["net.onnx"]
+    audios = [read_wav(SPEECH / name) for name in ("flite_kal_u1", "librivox_0930")]
+    for index, audio in enumerate(audios):  # two lengths: the time axis is free
+        spectrogram_file, embedding_file = tmp_path / f"in{index}.npy", tmp_path / f"out{index}.npy"
+        numpy.save(spectrogram_file, standardized_batch([extractor.spectrogram(audio)]))
+        done = subprocess.run(
+            [sys.executable, "-c", EXPORTED_RUNNER, str(output), str(spectrogram_file), str(embedding_file)],
+            capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr
+        numpy.testing.assert_allclose(numpy.load(embedding_file), extractor(audio), atol=1e-4, rtol=0)
+
+
+def test_export_needs_onnxruntime_and_writes_nothing_without_it(tmp_path, drn_file, without_onnxruntime):
+    output = tmp_path / "net.onnx"
+    result = run("export", "dltresnet34", "-o", output, "--model", drn_file)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"Error: {NO_ORT_MESSAGE}"
+    assert not output.exists()
+
+
+def test_export_refuses_an_unknown_network(tmp_path):
+    result = run("export", "vgg16", "-o", tmp_path / "net.onnx")
+    assert result.exit_code == 2
+    assert "'vgg16' is not a registered network" in result.stderr

@@ -13,12 +13,13 @@ from bob.learn.pytorch.architectures.DltResNet import dltresnet34
 from bob.learn.pytorch.architectures.ResNet import resnet34
 from bob.learn.pytorch.architectures.utils import FORWARD_MODES
 from bob.learn.pytorch.preprocessor.audio import DltResNetExtractor, ResNetExtractor, spectrogram
-from bob.learn.pytorch.preprocessor.audio import weights
-from bob.learn.pytorch.preprocessor.audio.DltResNet import _select_device
-from bob.learn.pytorch.preprocessor.audio.embedding import MIN_FRAMES, plan_chunks
+from bob.learn.pytorch import pretrained
+from bob.learn.pytorch.preprocessor.audio.DltResNet import _legacy_device
+from bob.learn.pytorch.embedding import plan_chunks
 
 from .conftest import load_fixture
 
+MIN_FRAMES = pretrained.get("dltresnet34").min_frames
 MIN_SAMPLES = 400 + (MIN_FRAMES - 1) * 160  # 6160 samples = 37 frames at 16 kHz
 
 
@@ -288,9 +289,9 @@ def test_other_bn_dim_is_reported(drn_file):
 
 
 def test_checkpoint_of_the_other_architecture_is_refused_with_a_hint(drn_file, rn_file):
-    with pytest.raises(CheckpointError, match="missing keys: conv2.weight.*use ResNetExtractor or use_res=True"):
+    with pytest.raises(CheckpointError, match="missing keys: conv2.weight.*It looks like a ResNet-34 checkpoint: use network='resnet34'"):
         DltResNetExtractor(str(rn_file)).network
-    with pytest.raises(CheckpointError, match="unexpected keys: conv2.weight.*use DltResNetExtractor"):
+    with pytest.raises(CheckpointError, match="unexpected keys: conv2.weight.*It looks like a DltResNet-34 checkpoint: use network='dltresnet34'"):
         ResNetExtractor(str(drn_file)).network
 
 
@@ -401,7 +402,7 @@ def test_missing_explicit_model_file_raises(tmp_path):
 
 
 def test_file_present_at_the_default_path_is_used(drn_file, tmp_path, monkeypatch, noise):
-    monkeypatch.setattr(weights, "DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(pretrained, "DATA_DIR", str(tmp_path))
     os.symlink(drn_file, tmp_path / "drn34.pth.tar")
     extractor = DltResNetExtractor()
     assert extractor.model_path == str(tmp_path / "drn34.pth.tar")
@@ -445,15 +446,15 @@ def test_cuda_device_index_beyond_the_devices_is_refused(drn_file, monkeypatch):
 
 def test_cuda_flag_maps_to_cuda_device_with_a_deprecation_warning():
     with pytest.warns(DeprecationWarning, match="device='cuda'"):
-        assert _select_device(None, 1) == torch.device("cuda")
+        assert _legacy_device(None, 1) == "cuda"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert _select_device(None, 0) == torch.device("cpu")
-        assert _select_device("cpu", 0) == torch.device("cpu")
+        assert _legacy_device(None, 0) is None
+        assert _legacy_device("cpu", 0) == "cpu"
     with pytest.raises(ValueError, match="conflicts"), pytest.warns(DeprecationWarning):
-        _select_device("cpu", 1)
+        _legacy_device("cpu", 1)
     with pytest.raises(ValueError, match="cuda_flag must be 0 or 1"):
-        _select_device(None, 2)
+        _legacy_device(None, 2)
 
 
 def test_resnet_extractor_refuses_use_res_false():

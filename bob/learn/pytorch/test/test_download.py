@@ -13,14 +13,14 @@ import torch
 
 from bob.learn.pytorch import ModelDownloadError
 from bob.learn.pytorch.download import DownloadOptions, _Progress, download_model, expected_parameter_names, file_lock
-from bob.learn.pytorch.preprocessor.audio.weights import DLTRESNET34_VOXCELEB, RESNET34_VOXCELEB
+from bob.learn.pytorch import pretrained
 
 from .model_server import ModelServer, Payload, construct_extractor, sha256_of
 
 pytestmark = pytest.mark.network
 
-DRN = DLTRESNET34_VOXCELEB
-RN = RESNET34_VOXCELEB
+DRN = pretrained.get("dltresnet34")
+RN = pretrained.get("resnet34")
 FAST = DownloadOptions(connect_timeout=2.0, read_timeout=0.5, attempts=3, backoff=0.01, progress=False)
 SET_DRN = "bob config set bob.learn.pytorch.extractor.audio.drn_modelpath /path/to/model.pth.tar"
 

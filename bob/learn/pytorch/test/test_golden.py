@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from bob.learn.pytorch.preprocessor.audio import DltResNetExtractor, ResNetExtractor, spectrogram
-from bob.learn.pytorch.preprocessor.audio.embedding import plan_chunks, standardize
-from bob.learn.pytorch.preprocessor.audio.frontend import prepare_signal
+from bob.learn.pytorch.embedding import plan_chunks, standardize
+from bob.learn.pytorch.frontend import prepare_signal
 
 from .conftest import load_fixture
 

@@ -28,16 +28,16 @@ from bob.learn.pytorch.model_files import (
     resolve_model_file,
     resolve_model_url,
     resolve_sha256,
-    sha256_key,
+
 )
-from bob.learn.pytorch.preprocessor.audio import DltResNetExtractor, ResNetExtractor, weights
-from bob.learn.pytorch.preprocessor.audio.weights import DLTRESNET34_VOXCELEB, RESNET34_VOXCELEB
+from bob.learn.pytorch import pretrained
+from bob.learn.pytorch.preprocessor.audio import DltResNetExtractor, ResNetExtractor
 from bob.learn.pytorch.settings import get_setting
 
 from .model_server import Payload, sha256_of
 
-DRN = DLTRESNET34_VOXCELEB
-RN = RESNET34_VOXCELEB
+DRN = pretrained.get("dltresnet34")
+RN = pretrained.get("resnet34")
 FAST = DownloadOptions(connect_timeout=2.0, read_timeout=1.0, attempts=2, backoff=0.01, progress=False)
 BOB12 = Path(sys.executable).parent / "bob"
 
@@ -65,7 +65,7 @@ def bob_extension_config_set(key: str, value: str) -> None:
 def data_dir(tmp_path, monkeypatch):
     """The package data folder, moved to a temporary folder."""
     path = tmp_path / "package-data"
-    monkeypatch.setattr(weights, "DATA_DIR", str(path))
+    monkeypatch.setattr(pretrained, "DATA_DIR", str(path))
     return path
 
 
@@ -207,7 +207,7 @@ def test_settings_are_looked_up_by_exact_key(isolated_settings):
 
 
 def test_sha256_known_for_the_default_url_or_set_for_any(isolated_settings, monkeypatch):
-    assert sha256_key(DRN) == "bob.learn.pytorch.extractor.audio.drn_sha256"
+    assert DRN.sha256_key == "bob.learn.pytorch.extractor.audio.drn_sha256"
     record = DRN.__class__(**{**DRN.__dict__, "sha256": "ab" * 32})
     assert resolve_sha256(record, record.url) == "ab" * 32
     assert resolve_sha256(record, "http://mirror/x") is None

@@ -68,11 +68,11 @@ def _hdf5_case(kind, extractor, tmp_path):
 
 
 def _failed_download(tmp_path, monkeypatch):
-    from bob.learn.pytorch.preprocessor.audio import weights
+    from bob.learn.pytorch import pretrained
 
     from .model_server import ModelServer
 
-    monkeypatch.setattr(weights, "DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr(pretrained, "DATA_DIR", str(tmp_path / "data"))
     with ModelServer({}) as server:
         config = tmp_path / "home" / ".config"
         config.mkdir(parents=True, exist_ok=True)

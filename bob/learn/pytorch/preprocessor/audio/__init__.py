@@ -1,9 +1,11 @@
-"""Audio embedding extractors (legacy bob preprocessors) and their front end."""
+"""Audio embedding extractors (legacy bob preprocessors): the general one and the original's two classes."""
 from ...errors import CheckpointError, ModelDownloadError, UnsafeCheckpointError
+from ...frontend import spectrogram
 from .DltResNet import DltResNetExtractor, ResNetExtractor
-from .frontend import spectrogram
+from .extractor import EmbeddingExtractor
 
 __all__ = [
+    "EmbeddingExtractor",
     "DltResNetExtractor",
     "ResNetExtractor",
     "spectrogram",

@@ -6,6 +6,7 @@ floating-point rounding.
 """
 import numbers
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Tuple
 
 import numpy
@@ -13,6 +14,8 @@ import scipy.fft
 import scipy.signal
 
 __all__ = [
+    "FrontEnd",
+    "BOB_AP_FRONT_END",
     "TARGET_RATE",
     "INT16_SCALE",
     "as_mono_signal",
@@ -26,8 +29,6 @@ __all__ = [
     "spectrogram",
 ]
 
-#: Sampling rate the networks were trained at; other rates are resampled to it.
-TARGET_RATE = 16000
 #: Factor applied to signals whose peak is below 1 (float audio in [-1, 1)).
 INT16_SCALE = 2.0**15
 #: Sampling rates accepted, in Hz (resampling from outside this range is not audio processing).
@@ -37,6 +38,68 @@ MAX_MAGNITUDE = 1e100
 #: Frames of spectrogram computed at once: small enough for the working set to stay in the
 #: CPU caches (measured 5x faster than 8192), which also bounds temporary memory.
 _FRAMES_PER_BLOCK = 128
+
+
+@dataclass(frozen=True)
+class FrontEnd:
+    """Sampling rate and ``bob.ap.Spectrogram`` settings of a network's input, in one place.
+
+    The sizes in samples and bins derive from these as ``bob.ap`` derives them
+    (:func:`frame_geometry`).
+
+    >>> front_end = FrontEnd()
+    >>> front_end.win_length, front_end.win_shift, front_end.fft_size, front_end.bins
+    (400, 160, 512, 257)
+    >>> front_end.n_frames(16000), front_end.samples_for(37)
+    (98, 6160)
+    """
+
+    sample_rate: int = 16000
+    win_length_ms: float = 25.0
+    win_shift_ms: float = 10.0
+    pre_emphasis_coeff: float = 0.97
+
+    @property
+    def win_length(self) -> int:
+        """Window length in samples."""
+        return frame_geometry(self.sample_rate, self.win_length_ms, self.win_shift_ms)[0]
+
+    @property
+    def win_shift(self) -> int:
+        """Window shift (hop) in samples."""
+        return frame_geometry(self.sample_rate, self.win_length_ms, self.win_shift_ms)[1]
+
+    @property
+    def fft_size(self) -> int:
+        """FFT size: the window length rounded up to a power of two."""
+        return frame_geometry(self.sample_rate, self.win_length_ms, self.win_shift_ms)[2]
+
+    @property
+    def bins(self) -> int:
+        """Frequency bins of the spectrogram (``fft_size // 2 + 1``)."""
+        return self.fft_size // 2 + 1
+
+    def n_frames(self, n_samples: int) -> int:
+        """Spectrogram frames of ``n_samples`` samples at :attr:`sample_rate`."""
+        return 0 if n_samples < self.win_length else 1 + (n_samples - self.win_length) // self.win_shift
+
+    def samples_for(self, n_frames: int) -> int:
+        """Fewest samples that give ``n_frames`` frames."""
+        return self.win_length + (n_frames - 1) * self.win_shift
+
+    def resampled_length(self, n_samples: int, rate: int) -> int:
+        """Length of ``n_samples`` samples at ``rate`` Hz once resampled to :attr:`sample_rate` (halves to even)."""
+        return n_samples if rate == self.sample_rate else round(n_samples * self.sample_rate / rate)
+
+    def spectrogram(self, signal: Any) -> numpy.ndarray:
+        """:func:`spectrogram` of a signal at :attr:`sample_rate` with these settings (mean removed)."""
+        return spectrogram(signal, self.sample_rate, self.win_length_ms, self.win_shift_ms, self.pre_emphasis_coeff)
+
+
+#: The front end of the released networks: 16 kHz, 25 ms Hamming windows every 10 ms, pre-emphasis 0.97.
+BOB_AP_FRONT_END = FrontEnd()
+#: Sampling rate the released networks were trained at; other rates are resampled to it.
+TARGET_RATE = BOB_AP_FRONT_END.sample_rate
 
 
 def check_rate(rate: Any) -> int:
@@ -130,33 +193,35 @@ def unpack_audio(audio: Any) -> Tuple[int, Any]:
     return check_rate(audio[0]), audio[1]
 
 
-def prepare_signal(audio: Any) -> numpy.ndarray:
-    """Turn a ``(rate, samples)`` pair into the float64 16 kHz signal the spectrogram takes.
+def prepare_signal(audio: Any, target_rate: int = TARGET_RATE) -> numpy.ndarray:
+    """Turn a ``(rate, samples)`` pair into the float64 signal at ``target_rate`` the spectrogram takes.
 
     As the original: a signal whose peak magnitude is strictly below 1 is
     multiplied by 2**15 (float audio in [-1, 1) to the int16 range), then any
-    other rate is resampled to 16 kHz with the FFT method of
+    other rate is resampled to ``target_rate`` with the FFT method of
     :func:`scipy.signal.resample`, the new length being
-    ``round(N * 16000 / rate)`` (halves to even).
+    ``round(N * target_rate / rate)`` (halves to even).
 
     Parameters
     ----------
     audio : tuple
         ``(rate, samples)``, as returned by :func:`scipy.io.wavfile.read`.
+    target_rate : int
+        Sampling rate of the result (the network's front end's).
 
     Returns
     -------
     numpy.ndarray
-        1-D float64 signal at 16 kHz.
+        1-D float64 signal at ``target_rate``.
     """
     rate, samples = unpack_audio(audio)
     signal = as_mono_signal(samples)
     if numpy.max(numpy.abs(signal)) < 1:
         signal *= INT16_SCALE
-    if rate != TARGET_RATE:
-        length = round(len(signal) * TARGET_RATE / rate)
+    if rate != target_rate:
+        length = round(len(signal) * target_rate / rate)
         if length < 1:
-            raise ValueError(f"audio of {len(signal)} samples at {rate} Hz is empty once resampled to 16 kHz")
+            raise ValueError(f"audio of {len(signal)} samples at {rate} Hz is empty once resampled to {target_rate} Hz")
         signal = scipy.signal.resample(signal, length)
     return signal
 
@@ -222,8 +287,7 @@ def spectrogram(
     Examples
     --------
     >>> import numpy
-    >>> from bob.learn.pytorch.preprocessor.audio import spectrogram
-    >>> spectrogram(numpy.random.RandomState(0).randn(16000), 16000).shape
+        >>> spectrogram(numpy.random.RandomState(0).randn(16000), 16000).shape
     (98, 257)
     """
     signal = numpy.asarray(data, dtype=numpy.float64)

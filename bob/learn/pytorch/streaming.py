@@ -10,17 +10,18 @@ computed block by block:
    statistics (float64, Chan et al.'s pairwise update), so the spectrogram is
    never held whole;
 2. a second pass recomputes each block of spectrogram with enough context on
-   both sides (:data:`HALO_STEPS` output steps, more than the network's
+   both sides (the network's ``halo_steps`` output steps, more than its
    receptive field), standardises it with the global statistics, runs
    ``forward_frames`` and keeps only the output steps whose receptive field lies
    inside the block; blocks start on multiples of the network's time stride
-   (:data:`TIME_STRIDE` frames) so that they sample the same grid as the whole
-   input, and the last block ends with the recording, so the edges see the
-   same zero padding;
+   so that they sample the same grid as the whole input, and the last block
+   ends with the recording, so the edges see the same zero padding;
 3. the kept frame features are merged into running float64 mean and variance,
    which give the pooled ``[mean, std]`` vector for the embedding layer.
 
-Memory is then bounded by the block size, not the recording's length.
+Memory is then bounded by the block size, not the recording's length. The
+time geometry (stride, receptive field, output length) comes from the
+network's registry record (:class:`~bob.learn.pytorch.pretrained.PretrainedNetwork`).
 """
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Tuple
@@ -28,26 +29,23 @@ from typing import Any, Callable, List, Optional, Tuple
 import numpy
 import torch
 
-from ...architectures.utils import l2_normalize
+from .architectures.utils import l2_normalize
 from .embedding import CHUNK_EPSILON, check_specs
 from .frontend import (
+    BOB_AP_FRONT_END,
     INT16_SCALE,
-    TARGET_RATE,
+    FrontEnd,
     check_finite,
     check_magnitude,
-    frame_geometry,
     mono_samples,
     prepare_signal,
-    spectrogram,
     unpack_audio,
 )
+from .pretrained import PretrainedNetwork
 
 __all__ = [
-    "TIME_STRIDE",
-    "HALO_STEPS",
     "BLOCK_STEPS",
     "STREAMING_MIN_FRAMES",
-    "output_steps",
     "plan_blocks",
     "RunningMoments",
     "SpectrogramArray",
@@ -58,12 +56,6 @@ __all__ = [
     "embed_long",
 ]
 
-#: Frames of input per output step of ``forward_frames`` (five halvings).
-TIME_STRIDE = 32
-#: Output steps of context computed on each side of a block and thrown away.
-#: The receptive field of DltResNet-34 reaches about 560 frames (17.4 steps)
-#: to each side; ResNet-34's is smaller.
-HALO_STEPS = 20
 #: Output steps kept per block (256 steps = 8192 frames, about 82 s). Smaller blocks cost
 #: more halo; larger ones more memory (384 steps: +40 % memory, -3 % time with ONNX Runtime).
 BLOCK_STEPS = 256
@@ -74,49 +66,52 @@ STREAMING_MIN_FRAMES = 16384
 STATISTICS_BLOCK_FRAMES = 8192
 
 
-def output_steps(n_frames: int) -> int:
-    """Number of time steps ``forward_frames`` returns for ``n_frames`` input frames.
-
-    >>> output_steps(300)
-    10
-    """
-    t1 = (n_frames - 1) // 2 + 1
-    t2 = (t1 - 3) // 2 + 1
-    t3 = (t2 - 1) // 2 + 1
-    t4 = (t3 - 1) // 2 + 1
-    return (t4 - 1) // 2 + 1
-
-
 @dataclass(frozen=True)
 class Block:
-    """Input frames ``[start, stop)`` to run and output steps ``[keep_start, keep_stop)`` to keep."""
+    """Input frames ``[start, stop)`` to run, and output steps ``[keep_start, keep_stop)`` to keep.
+
+    ``first_step`` is the global index of the block's first output step.
+    """
 
     start: int
     stop: int
     keep_start: int
     keep_stop: int
-
-    @property
-    def first_step(self) -> int:
-        """Global index of the block's first output step."""
-        return self.start // TIME_STRIDE
+    first_step: int
 
 
-def plan_blocks(n_frames: int, block_steps: int = BLOCK_STEPS, halo_steps: int = HALO_STEPS) -> List[Block]:
+def plan_blocks(
+    n_frames: int, network: PretrainedNetwork, block_steps: int = BLOCK_STEPS, halo_steps: Optional[int] = None
+) -> List[Block]:
     """Cut ``n_frames`` input frames into overlapping blocks covering every output step once.
 
-    >>> [(b.start, b.stop, b.keep_start, b.keep_stop) for b in plan_blocks(3000, 40, 20)]
+    Parameters
+    ----------
+    n_frames : int
+        Frames of the whole input.
+    network : PretrainedNetwork
+        Its ``time_stride``, ``halo_steps`` and ``output_steps`` give the geometry.
+    block_steps : int
+        Output steps kept per block.
+    halo_steps : int, optional
+        Output steps of context on each side (the network's by default).
+
+    >>> from bob.learn.pytorch import pretrained
+    >>> blocks = plan_blocks(3000, pretrained.get("dltresnet34"), 40)
+    >>> [(b.start, b.stop, b.keep_start, b.keep_stop) for b in blocks]
     [(0, 1920, 0, 40), (640, 3000, 40, 80), (1920, 3000, 80, 94)]
     """
+    halo_steps = network.halo_steps if halo_steps is None else halo_steps
     if block_steps < 1 or halo_steps < 0:
         raise ValueError(f"block_steps must be positive and halo_steps non-negative, got {block_steps}, {halo_steps}")
-    total = output_steps(n_frames)
+    stride = network.time_stride
+    total = network.output_steps(n_frames)
     blocks = []
     for keep_start in range(0, total, block_steps):
         keep_stop = min(keep_start + block_steps, total)
-        start = max(0, keep_start - halo_steps) * TIME_STRIDE
-        stop = n_frames if keep_stop == total else min(n_frames, (keep_stop + halo_steps) * TIME_STRIDE)
-        blocks.append(Block(start, stop, keep_start, keep_stop))
+        start = max(0, keep_start - halo_steps) * stride
+        stop = n_frames if keep_stop == total else min(n_frames, (keep_stop + halo_steps) * stride)
+        blocks.append(Block(start, stop, keep_start, keep_stop, start // stride))
     return blocks
 
 
@@ -168,30 +163,22 @@ class SignalSpectrogram:
     Parameters
     ----------
     samples : numpy.ndarray
-        1-D signal at 16 kHz, of any numeric dtype; it is not copied.
+        1-D signal at the front end's rate, of any numeric dtype; it is not copied.
     scale : float
         Factor applied to the samples after conversion to float64 (the
         original's ``2**15`` rule for signals with a peak below 1).
-    win_length_ms, win_shift_ms, pre_emphasis_coeff : float
-        Spectrogram settings (those of the model).
+    front_end : FrontEnd
+        Spectrogram settings (those of the network).
     """
 
-    def __init__(
-        self,
-        samples: numpy.ndarray,
-        scale: float = 1.0,
-        win_length_ms: float = 25.0,
-        win_shift_ms: float = 10.0,
-        pre_emphasis_coeff: float = 0.97,
-    ) -> None:
+    def __init__(self, samples: numpy.ndarray, scale: float = 1.0, front_end: FrontEnd = BOB_AP_FRONT_END) -> None:
         self.samples = samples
         self.scale = float(scale)
-        self.settings = (win_length_ms, win_shift_ms, pre_emphasis_coeff)
-        self.win_length, self.win_shift, fft_size = frame_geometry(TARGET_RATE, win_length_ms, win_shift_ms)
-        self.width = fft_size // 2 + 1
+        self.front_end = front_end
+        self.win_length, self.win_shift = front_end.win_length, front_end.win_shift
+        self.width = front_end.bins
         self.n_samples = len(samples)
-        too_short = self.n_samples < self.win_length
-        self.n_frames = 0 if too_short else 1 + (self.n_samples - self.win_length) // self.win_shift
+        self.n_frames = front_end.n_frames(self.n_samples)
 
     def signal(self, start: int, stop: int) -> numpy.ndarray:
         """Samples ``[start, stop)`` as float64, scaled."""
@@ -210,22 +197,14 @@ class SignalSpectrogram:
             raise ValueError(f"frames [{start}, {stop}) outside the {self.n_frames} frames of the signal")
         first = max(start - 1, 0)
         segment = self.signal(first * self.win_shift, (stop - 1) * self.win_shift + self.win_length)
-        win_length_ms, win_shift_ms, pre_emphasis_coeff = self.settings
-        rows = spectrogram(segment, TARGET_RATE, win_length_ms, win_shift_ms, pre_emphasis_coeff, True)
-        return rows[start - first :]
+        return self.front_end.spectrogram(segment)[start - first :]
 
 
-def signal_source(
-    audio: Any,
-    win_length_ms: float = 25.0,
-    win_shift_ms: float = 10.0,
-    pre_emphasis_coeff: float = 0.97,
-    block_samples: int = 1 << 20,
-) -> SignalSpectrogram:
-    """Validate ``(rate, samples)`` and wrap it as a frame source, without copying 16 kHz input.
+def signal_source(audio: Any, front_end: FrontEnd = BOB_AP_FRONT_END, block_samples: int = 1 << 20) -> SignalSpectrogram:
+    """Validate ``(rate, samples)`` and wrap it as a frame source, without copying input at the front end's rate.
 
     The checks and the ``2**15`` rule are those of
-    :func:`~bob.learn.pytorch.preprocessor.audio.frontend.prepare_signal`, done
+    :func:`~bob.learn.pytorch.frontend.prepare_signal`, done
     block by block. Other rates are resampled whole (FFT resampling needs the
     whole signal), which takes memory proportional to the length.
 
@@ -233,8 +212,8 @@ def signal_source(
     ----------
     audio : tuple
         ``(rate, samples)``, mono, integer or float samples.
-    win_length_ms, win_shift_ms, pre_emphasis_coeff : float
-        Spectrogram settings (those of the model).
+    front_end : FrontEnd
+        Sampling rate and spectrogram settings (those of the network).
     block_samples : int
         Samples checked at a time.
 
@@ -252,15 +231,14 @@ def signal_source(
         finite or absurdly large.
     """
     rate, samples = unpack_audio(audio)
-    settings = (win_length_ms, win_shift_ms, pre_emphasis_coeff)
-    if rate != TARGET_RATE:
-        return SignalSpectrogram(prepare_signal(audio), 1.0, *settings)
+    if rate != front_end.sample_rate:
+        return SignalSpectrogram(prepare_signal(audio, front_end.sample_rate), 1.0, front_end)
     samples = mono_samples(samples)
     peak = 0.0
     for start in range(0, len(samples), block_samples):
         peak = max(peak, _peak_magnitude(samples[start : start + block_samples]))
     check_magnitude(peak)
-    return SignalSpectrogram(samples, INT16_SCALE if peak < 1 else 1.0, *settings)
+    return SignalSpectrogram(samples, INT16_SCALE if peak < 1 else 1.0, front_end)
 
 
 def _peak_magnitude(block: numpy.ndarray) -> float:
@@ -300,43 +278,46 @@ def column_statistics(source: Any, block_frames: int = STATISTICS_BLOCK_FRAMES) 
 
 
 def pooled_statistics(
-    frames_runner: Callable[[torch.Tensor], torch.Tensor],
+    runtime: Callable[[torch.Tensor], torch.Tensor],
     source: Any,
     mean: numpy.ndarray,
     std: numpy.ndarray,
+    network: PretrainedNetwork,
     device: Any = "cpu",
     block_steps: Optional[int] = None,
     halo_steps: Optional[int] = None,
 ) -> RunningMoments:
-    """Run ``frames_runner`` block by block over the standardised source; merge the frame features.
+    """Run ``runtime`` block by block over the standardised source; merge the frame features.
 
     Parameters
     ----------
-    frames_runner : callable
-        ``network.forward_frames`` or an optimised equivalent.
+    runtime : callable
+        ``forward_frames`` of the network, in any runtime.
     source : SpectrogramArray or SignalSpectrogram
         The frames to embed.
     mean, std : numpy.ndarray
         Column statistics of the whole source (:func:`column_statistics`).
+    network : PretrainedNetwork
+        The network's record, for its time geometry (:func:`plan_blocks`).
     device : str or torch.device
         Where the network runs.
-    block_steps, halo_steps : int, optional
-        Output steps kept per block and computed on each side for context
-        (:data:`BLOCK_STEPS` and :data:`HALO_STEPS` by default).
+    block_steps : int, optional
+        Output steps kept per block (:data:`BLOCK_STEPS` by default).
+    halo_steps : int, optional
+        Output steps computed on each side for context (the network's by default).
 
     Returns
     -------
     RunningMoments
-        Count, mean and sum of squared deviations of the ``(T5, C)`` frame features.
+        Count, mean and sum of squared deviations of the ``(T', C)`` frame features.
     """
-    block_steps = BLOCK_STEPS if block_steps is None else block_steps
-    halo_steps = HALO_STEPS if halo_steps is None else halo_steps
     moments: Optional[RunningMoments] = None
     denominator = std + CHUNK_EPSILON
-    for block in plan_blocks(source.n_frames, block_steps, halo_steps):
+    block_steps = BLOCK_STEPS if block_steps is None else block_steps
+    for block in plan_blocks(source.n_frames, network, block_steps, halo_steps):
         standardized = ((source.frames(block.start, block.stop) - mean) / denominator).astype(numpy.float32)
         tensor = torch.from_numpy(standardized)[None, None].to(device)
-        features = frames_runner(tensor)[0, :, :, 0]
+        features = runtime(tensor)[0, :, :, 0]
         first = block.keep_start - block.first_step
         kept = features[:, first : first + block.keep_stop - block.keep_start]
         if kept.shape[1] != block.keep_stop - block.keep_start:
@@ -349,9 +330,10 @@ def pooled_statistics(
 
 
 def embed_long(
-    network: torch.nn.Module,
-    frames_runner: Callable[[torch.Tensor], torch.Tensor],
+    module: torch.nn.Module,
+    runtime: Callable[[torch.Tensor], torch.Tensor],
     source: Any,
+    network: PretrainedNetwork,
     device: Any = "cpu",
     block_steps: Optional[int] = None,
     halo_steps: Optional[int] = None,
@@ -360,17 +342,19 @@ def embed_long(
 
     Parameters
     ----------
-    network : SpeakerEmbeddingNet
-        Eval-mode network in ``emb`` mode (its ``em`` layer is used).
-    frames_runner : callable
-        ``network.forward_frames`` or an optimised equivalent.
+    module : SpeakerEmbeddingNet
+        Eval-mode network (its ``em`` layer is used).
+    runtime : callable
+        ``module.forward_frames`` in any runtime.
     source : SpectrogramArray or SignalSpectrogram
-        The frames to embed (at least 37 of them).
+        The frames to embed (at least the network's ``min_frames``).
+    network : PretrainedNetwork
+        The network's record, for its time geometry.
     device : str or torch.device
         Where the network runs.
     block_steps, halo_steps : int, optional
-        Output steps kept per block, and computed on each side for context
-        (:data:`BLOCK_STEPS` and :data:`HALO_STEPS` by default).
+        Output steps kept per block (:data:`BLOCK_STEPS` by default), and
+        computed on each side for context (the network's by default).
 
     Returns
     -------
@@ -378,12 +362,14 @@ def embed_long(
         float32 ``(1, D)`` embedding, equal to the whole-utterance computation
         within float32 rounding.
     """
-    if output_steps(source.n_frames) < 2:
-        raise ValueError(f"{source.n_frames} frames are too few for an embedding (at least 37 are needed)")
+    if network.output_steps(source.n_frames) < 2:
+        raise ValueError(
+            f"{source.n_frames} frames are too few for an embedding (at least {network.min_frames} are needed)"
+        )
     mean, std = column_statistics(source)
     with torch.inference_mode():
-        moments = pooled_statistics(frames_runner, source, mean, std, device, block_steps, halo_steps)
+        moments = pooled_statistics(runtime, source, mean, std, network, device, block_steps, halo_steps)
         pooled = numpy.concatenate([moments.mean, moments.std(ddof=1)]).astype(numpy.float32)
         vector = torch.from_numpy(pooled)[None].to(device)
-        embedding = l2_normalize(network.em(vector))
+        embedding = l2_normalize(module.em(vector))
     return embedding.float().cpu().numpy()

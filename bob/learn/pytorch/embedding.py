@@ -1,9 +1,10 @@
 """From a spectrogram to embeddings: chunking, per-chunk standardisation, batched forward.
 
 This reproduces ``extract_embeddings`` of the original extractor, with one
-deliberate change: chunks too short for the network (fewer than
-:data:`MIN_FRAMES` frames), for which the original returned NaN rows, are
-dropped, and a spectrogram too short for any chunk raises ``ValueError``.
+deliberate change: chunks too short for the network (fewer than its
+``min_frames``, 37 for the released networks), for which the original
+returned NaN rows, are dropped, and a spectrogram too short for any chunk
+raises ``ValueError``.
 """
 import numbers
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
@@ -11,8 +12,9 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 import numpy
 import torch
 
+from .frontend import BOB_AP_FRONT_END
+
 __all__ = [
-    "MIN_FRAMES",
     "FREQUENCY_BINS",
     "CHUNK_EPSILON",
     "plan_chunks",
@@ -26,11 +28,8 @@ __all__ = [
     "as_list",
 ]
 
-#: Fewest frames the networks turn into a finite embedding (the pooled
-#: standard deviation needs two time steps after the five halvings).
-MIN_FRAMES = 37
-#: Frequency bins of the extractors' spectrogram (512-point FFT).
-FREQUENCY_BINS = 257
+#: Frequency bins of the released networks' spectrogram (512-point FFT).
+FREQUENCY_BINS = BOB_AP_FRONT_END.bins
 #: Accepted numbers of frequency bins: those that leave a width of 1 after conv5.
 FREQUENCY_BIN_RANGE = (257, 272)
 #: Added to the per-column standard deviation when standardising a chunk.
@@ -170,21 +169,16 @@ def check_specs(specs: Any) -> numpy.ndarray:
     return array
 
 
-def _usable(chunks: Sequence[Chunk]) -> List[bool]:
-    return [stop - start >= MIN_FRAMES for start, stop in chunks]
-
-
 def iter_batches(
-    specs: numpy.ndarray, L: int, batch_size: int, min_length: int
+    specs: numpy.ndarray, L: int, batch_size: int, min_length: int, min_frames: int
 ) -> Iterator[List[numpy.ndarray]]:
-    """Yield the usable chunks of ``specs``, grouped into forward batches as the original did."""
+    """Yield the chunks of ``specs`` of at least ``min_frames`` frames, grouped into batches as the original did."""
     chunks = plan_chunks(len(specs), L, min_length)
-    usable = _usable(chunks)
+    usable = [stop - start >= min_frames for start, stop in chunks]
     if not any(usable):
         raise ValueError(
-            f"no chunk of the {len(specs)}-frame spectrogram has the {MIN_FRAMES} frames the network needs "
-            f"(L={L}); use longer audio (at least {MIN_FRAMES} frames, about "
-            f"{(400 + (MIN_FRAMES - 1) * 160) / 16000:.3f} s at 16 kHz) or L=0 or L >= {MIN_FRAMES}"
+            f"no chunk of the {len(specs)}-frame spectrogram has the {min_frames} frames the network needs "
+            f"(L={L}); use longer audio (at least {min_frames} frames) or L=0 or L >= {min_frames}"
         )
     for batch in plan_batches(len(chunks), batch_size):
         members = [i for i in batch if usable[i]]
@@ -223,6 +217,8 @@ def embed_spectrogram(
     batch_size: int = 1,
     min_length: int = 30,
     device: Any = "cpu",
+    *,
+    min_frames: int,
 ) -> numpy.ndarray:
     """Embed a spectrogram chunk by chunk.
 
@@ -241,6 +237,8 @@ def embed_spectrogram(
         A trailing remainder of at most this many frames is dropped.
     device : str or torch.device
         Where the input tensors are sent.
+    min_frames : int
+        Chunks shorter than this are dropped (the network's ``min_frames``).
 
     Returns
     -------
@@ -251,5 +249,5 @@ def embed_spectrogram(
     L = whole_number("L", L)
     min_length = whole_number("min_length", min_length)
     batch_size = whole_number("batch_size", batch_size, minimum=1)
-    batches = iter_batches(specs, L, batch_size, min_length)
+    batches = iter_batches(specs, L, batch_size, min_length, min_frames)
     return numpy.vstack([embed_chunks(forward, chunks, device) for chunks in batches])

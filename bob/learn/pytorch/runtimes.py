@@ -1,0 +1,222 @@
+"""Where a network's frame body runs: eager PyTorch (the reference) or ONNX Runtime.
+
+A *runtime* computes ``network.forward_frames`` (everything before the
+statistics pooling) for a float32 ``(N, 1, T, F)`` batch. The pooling and
+the embedding layer always stay eager: they cost little and keep the
+original's float32 arithmetic. Two runtimes exist:
+
+* ``"eager"``: the network itself, the reference every other form is held to;
+* ``"onnxruntime"``: the frame body exported to ONNX once
+  (:func:`~bob.learn.pytorch.onnx_export.export_frame_body`, the time and
+  batch axes free) and run by an ONNX Runtime session, which folds the
+  BatchNorms and fuses ReLUs and residual additions into its convolutions.
+  Needs the ``fast`` extra (``onnx`` and ``onnxruntime``).
+
+``"auto"`` means ONNX Runtime when it is installed and passes its check, else
+eager. :func:`build_runtime` builds one and checks it against the eager
+network once, on an input of another batch size and length than the export;
+the extractor calls it when its network is loaded and again only when asked
+to (:meth:`~bob.learn.pytorch.preprocessor.audio.EmbeddingExtractor.rebuild_runtime`),
+since the runtime holds a copy of the weights and of torch's thread count of
+that moment. Neither runtime changes anything outside itself: ONNX Runtime's
+worker threads belong to its session, sleep between calls, and a process
+forked after the session was made can use it.
+"""
+import importlib.util
+import logging
+from typing import Callable, Optional, Tuple
+
+import torch
+from torch import nn
+
+from .architectures.utils import SpeakerEmbeddingNet, l2_normalize, statistics_pooling
+from .onnx_export import INPUT_NAME, OUTPUT_NAME, export_frame_body
+
+__all__ = [
+    "RUNTIMES",
+    "Runtime",
+    "EagerRuntime",
+    "OnnxRuntime",
+    "onnxruntime_available",
+    "check_runtime_name",
+    "build_runtime",
+    "embedding_head",
+    "probe_errors",
+    "RUNNER_ATOL",
+    "RUNNER_FRAMES_RTOL",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Names a runtime can be asked for.
+RUNTIMES = ("auto", "onnxruntime", "eager")
+#: Largest difference from the eager network's embeddings accepted for another runtime.
+RUNNER_ATOL = 1e-5
+#: Largest difference from the eager frame features, relative to their largest magnitude
+#: (float32 rounding through 30 layers reaches about 1e-5; the pooling averages it out).
+RUNNER_FRAMES_RTOL = 1e-4
+#: Batch size and frames of the probe input: other than the export's, to exercise the free axes.
+PROBE_BATCH, PROBE_FRAMES = 2, 173
+
+Runtime = Callable[[torch.Tensor], torch.Tensor]
+
+
+def embedding_head(network: SpeakerEmbeddingNet, frames: torch.Tensor) -> torch.Tensor:
+    """Pool frame features ``(N, C, T', 1)`` and embed them as ``forward_emb`` does."""
+    return l2_normalize(network.em(statistics_pooling(frames)))
+
+
+class EagerRuntime:
+    """The network's own ``forward_frames``: the reference."""
+
+    name = "eager"
+
+    def __init__(self, network: SpeakerEmbeddingNet) -> None:
+        self.network = network
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network.forward_frames(x)
+
+    def __repr__(self) -> str:
+        return "EagerRuntime()"
+
+
+class OnnxRuntime:
+    """The exported frame body in an ONNX Runtime session on the CPU.
+
+    Parameters
+    ----------
+    model : bytes
+        ONNX model from :func:`~bob.learn.pytorch.onnx_export.export_frame_body`.
+    threads : int
+        Intra-operator threads of the session.
+
+    Notes
+    -----
+    The session's threads sleep between calls instead of spinning: spinning
+    made single calls no faster and slowed the PyTorch work beside it in the
+    same process by up to 60 %. Calls from several threads share the session
+    safely.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, model: bytes, threads: int) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = max(1, int(threads))
+        options.inter_op_num_threads = 1
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: the session's warnings are not the user's business
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.threads = options.intra_op_num_threads
+        self._session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        array = x.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
+        (frames,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: array})
+        return torch.from_numpy(frames)
+
+    def __repr__(self) -> str:
+        return f"OnnxRuntime(threads={self.threads})"
+
+
+def onnxruntime_available() -> bool:
+    """True when ``onnx`` (to export) and ``onnxruntime`` are installed (the ``fast`` extra)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
+
+
+def check_runtime_name(name: str) -> str:
+    """Return ``name`` if it is one of :data:`RUNTIMES` and can be built here.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not one of :data:`RUNTIMES`.
+    ImportError
+        If ``name`` is ``"onnxruntime"`` and the ``fast`` extra is not installed.
+    """
+    if name not in RUNTIMES:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, RUNTIMES))}, got {name!r}")
+    if name == "onnxruntime" and not onnxruntime_available():
+        raise ImportError('ONNX Runtime is not installed: pip install "bob.learn.pytorch[fast]"')
+    return name
+
+
+def _device_of(network: nn.Module) -> torch.device:
+    return next(network.parameters()).device
+
+
+def build_runtime(network: SpeakerEmbeddingNet, name: str = "auto", bins: int = 257) -> Runtime:
+    """The runtime ``name`` for an eval-mode network, checked against the eager network.
+
+    ``"auto"`` builds ONNX Runtime when it is installed and falls back to
+    eager, with a warning, if the build or the check fails; ``"onnxruntime"``
+    asked for by name raises instead. Networks off the CPU run eagerly.
+
+    Parameters
+    ----------
+    network : SpeakerEmbeddingNet
+        Network in evaluation mode.
+    name : {"auto", "onnxruntime", "eager"}
+        Which runtime.
+    bins : int
+        Frequency bins of the network's input (its front end's).
+
+    Returns
+    -------
+    callable
+        Maps float32 ``(N, 1, T, bins)`` to the frame features; its ``name``
+        says which runtime it is. Call it under :func:`torch.inference_mode`.
+
+    Raises
+    ------
+    ValueError, ImportError
+        From :func:`check_runtime_name`; ValueError for a network in train mode.
+    RuntimeError
+        If ``"onnxruntime"`` was asked for and differs from the eager network.
+    """
+    check_runtime_name(name)
+    if network.training:
+        raise ValueError("build_runtime needs a network in eval mode (call network.eval() first)")
+    eager = EagerRuntime(network)
+    if name == "eager" or _device_of(network).type != "cpu" or not onnxruntime_available():
+        return eager
+    try:
+        runtime = OnnxRuntime(export_frame_body(network, bins), torch.get_num_threads())
+        frames_error, embedding_error = probe_errors(network, runtime, bins)
+    except Exception as exc:  # noqa: BLE001 - any failure of the optional runtime means: use the eager network
+        if name == "onnxruntime":
+            raise
+        logger.warning("ONNX Runtime could not run the network (%s: %s); using eager PyTorch", type(exc).__name__, exc)
+        return eager
+    if frames_error <= RUNNER_FRAMES_RTOL and embedding_error <= RUNNER_ATOL:
+        logger.debug("onnxruntime ready (probe differences %.2g, %.2g)", frames_error, embedding_error)
+        return runtime
+    message = (
+        f"ONNX Runtime's network differs from the eager one (frame features {frames_error:.3g} relative, "
+        f"embeddings {embedding_error:.3g})"
+    )
+    if name == "onnxruntime":
+        raise RuntimeError(message)
+    logger.warning("%s; using eager PyTorch", message)
+    return eager
+
+
+def probe_errors(network: SpeakerEmbeddingNet, runtime: Runtime, bins: int = 257) -> Tuple[float, float]:
+    """The frame features' relative and the embeddings' absolute difference from eager on a probe input."""
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn((PROBE_BATCH, 1, PROBE_FRAMES, bins), generator=generator)
+    with torch.inference_mode():
+        fast, eager = runtime(probe), network.forward_frames(probe)
+        scale = float(eager.abs().max()) or 1.0
+        frames_error = float((fast - eager).abs().max()) / scale
+        embedding_error = float((embedding_head(network, fast) - embedding_head(network, eager)).abs().max())
+    return frames_error, embedding_error
+
+
+def runtime_name(runtime: Optional[Runtime]) -> str:
+    """``"onnxruntime"`` or ``"eager"``: the name of a runtime from :func:`build_runtime`."""
+    return getattr(runtime, "name", "eager")

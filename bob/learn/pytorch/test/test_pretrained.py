@@ -1,0 +1,219 @@
+"""The registry of networks: lookups, the geometry each record declares, and a third network added by one record.
+
+The toy network below is registered from this test module, outside the
+package's files, and run everywhere a released network runs: the extractor,
+the batch API, a long recording (streamed), the transformer in a bob
+pipeline, the command line, and the download of a missing weight file.
+"""
+import numpy
+import pytest
+import torch
+from torch import nn
+
+from bob.learn.pytorch import pretrained
+from bob.learn.pytorch.architectures.utils import SpeakerEmbeddingNet
+from bob.learn.pytorch.pretrained import PretrainedNetwork
+from bob.learn.pytorch.preprocessor.audio import EmbeddingExtractor
+
+from .helpers_audio import ATOL, long_signal, speech, whole_spectrogram
+
+# -- lookups -----------------------------------------------------------------------------------------
+
+
+def test_released_networks_are_registered_with_their_original_names_as_aliases():
+    assert pretrained.names()[:2] == ["dltresnet34", "resnet34"]
+    assert pretrained.get("drn34") is pretrained.get("drn") is pretrained.get("dltresnet34")
+    assert pretrained.get("rn34") is pretrained.get("resnet34")
+    record = pretrained.get("resnet34")
+    assert pretrained.get(record) is record
+    assert record.path_key == "bob.learn.pytorch.extractor.audio.rn_modelpath"
+    assert record.url_key == "bob.learn.pytorch.extractor.audio.rn_url"
+    assert record.sha256_key == "bob.learn.pytorch.extractor.audio.rn_sha256"
+    assert record.filename == "rn34.pth.tar" and record.url.startswith("https://www.idiap.ch/")
+
+
+def test_unknown_names_and_clashing_records_are_refused():
+    with pytest.raises(ValueError, match="unknown network 'vgg'; registered networks: dltresnet34, resnet34"):
+        pretrained.get("vgg")
+    with pytest.raises(TypeError, match="network must be a registered name or a PretrainedNetwork, got int"):
+        pretrained.get(3)
+    clash = PretrainedNetwork(
+        name="other", title="Other", architecture=toy_network, filename="o.pth", url="http://127.0.0.1/o",
+        path_key="k.path", url_key="k.url", sha256_key="k.sha", aliases=("drn34",),
+    )
+    with pytest.raises(ValueError, match="network name 'drn34' is already registered for DltResNet-34"):
+        pretrained.register(clash)
+    assert "other" not in pretrained.names()
+
+
+# -- geometry declared once, checked against the networks -------------------------------------------------
+
+
+def reach_of(network, record, frames=1600, base=800):
+    """Largest distance, in frames, from an output step's own frames to an input frame that changes it.
+
+    One input frame at a time, at every offset within a stride, is changed
+    and the output steps that move are noted.
+    """
+    stride = record.time_stride
+    x = torch.randn(1, 1, frames, record.front_end.bins, generator=torch.Generator().manual_seed(0))
+    batch = x.repeat(stride + 1, 1, 1, 1)
+    for offset in range(stride):
+        batch[offset + 1, 0, base + offset] += 1.0
+    with torch.inference_mode():
+        features = network.forward_frames(batch)
+    reach = 0
+    for offset in range(stride):
+        moved = (features[offset + 1] - features[0]).abs().amax(dim=(0, 2)) > 0
+        for step in moved.nonzero().flatten().tolist():
+            first, last = step * stride, step * stride + stride - 1
+            reach = max(reach, first - (base + offset), (base + offset) - last)
+    return reach, features.shape[2]
+
+
+@pytest.mark.parametrize("name", ["dltresnet34", "resnet34"])
+def test_declared_stride_receptive_field_and_minimum_match_the_network(name):
+    record = pretrained.get(name)
+    torch.manual_seed(0)
+    network = record.build().eval()
+    reach, steps = reach_of(network, record)
+    assert reach == record.receptive_field  # exact: a change of the architecture shows here
+    assert record.halo_steps * record.time_stride >= record.receptive_field + record.time_stride
+    assert steps == record.output_steps(1600) == 1600 // record.time_stride
+    with torch.inference_mode():
+        for n_frames in (record.min_frames - 1, record.min_frames, 300, 1001):
+            features = network.forward_frames(torch.zeros(1, 1, n_frames, record.front_end.bins))
+            assert features.shape[2] == record.output_steps(n_frames)
+    assert record.output_steps(record.min_frames) == 2 and record.output_steps(record.min_frames - 1) == 1
+
+
+def test_front_end_sizes_derive_from_the_declared_settings():
+    front_end = pretrained.get("dltresnet34").front_end
+    assert (front_end.sample_rate, front_end.win_length, front_end.win_shift, front_end.fft_size, front_end.bins) == (
+        16000, 400, 160, 512, 257,
+    )
+    assert front_end.samples_for(37) == 6160 and front_end.n_frames(6160) == 37 and front_end.n_frames(6159) == 36
+
+
+# -- a third network, added by one record ----------------------------------------------------------------
+
+
+class ToyNet(SpeakerEmbeddingNet):
+    """Two strided convolutions over the whole spectrum, then the shared pooling and embedding layer."""
+
+    def __init__(self, num_classes: int = 5, tp: str = "emb", bn_dim: int = 16) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, kernel_size=(3, 257), stride=(2, 1), padding=(1, 0))
+        self.conv2 = nn.Conv2d(8, 12, kernel_size=(3, 1), stride=(2, 1), padding=(1, 0))
+        self.relu = nn.ReLU()
+        self.em = nn.Linear(24, bn_dim)
+        self.fc = nn.Linear(24, num_classes)
+        self._set_net_type(tp)
+
+    def forward_frames(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.conv2(self.relu(self.conv1(x))))
+
+
+def toy_network(num_classes: int = 5, tp: str = "emb", bn_dim: int = 16) -> ToyNet:
+    return ToyNet(num_classes, tp, bn_dim)
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    """The toy network registered as ``toy``, its weight file served on 127.0.0.1; unregistered afterwards."""
+    from .model_server import ModelServer
+
+    torch.manual_seed(7)
+    weights = tmp_path / "toy-weights.pth"
+    torch.save({"state_dict": toy_network().state_dict()}, weights)
+    monkeypatch.setattr(pretrained, "DATA_DIR", str(tmp_path / "data"))
+    with ModelServer({"toy.pth": weights.read_bytes()}) as server:
+        record = pretrained.register(
+            PretrainedNetwork(
+                name="toy", title="Toy CNN", architecture=toy_network, filename="toy.pth",
+                url=server.url("toy.pth"), path_key="tests.toy.modelpath", url_key="tests.toy.url",
+                sha256_key="tests.toy.sha256", time_stride=4, receptive_field=3, min_frames=5,
+                embedding_dim=16, num_classes=5,
+            )
+        )
+        try:
+            yield record, weights
+        finally:
+            pretrained.unregister("toy")
+    assert "toy" not in pretrained.names()
+
+
+def test_the_toy_records_geometry_matches_its_network(toy):
+    record, _ = toy
+    reach, _ = reach_of(record.build().eval(), record, frames=200, base=100)
+    assert reach == record.receptive_field
+    assert record.output_steps(record.min_frames) == 2 and record.output_steps(record.min_frames - 1) == 1
+
+
+def test_the_toy_network_is_downloaded_and_runs_through_the_extractor(toy):
+    record, weights = toy
+    extractor = EmbeddingExtractor("toy")  # no file given: downloaded from the record's URL into the data folder
+    assert extractor.model_path == record.default_path
+    audio = speech("flite_kal_u1")
+    embedding = extractor(audio)
+    assert embedding.shape == (1, 16) and embedding.dtype == numpy.float32
+    network = toy_network().eval()
+    network.load_state_dict(torch.load(weights, weights_only=True)["state_dict"])
+    from .helpers_audio import eager_embedding  # the plain computation, with this network
+
+    numpy.testing.assert_allclose(embedding, eager_embedding(network, whole_spectrogram(audio)), rtol=0, atol=ATOL)
+    batch = extractor.embed_many([audio, speech("fest_ked_u1"), audio], batch_size=2)
+    numpy.testing.assert_allclose(batch, numpy.vstack([embedding, extractor(speech("fest_ked_u1")), embedding]), atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match=r"audio too short: .*needs at least 5 frames, i.e. 1040 samples"):
+        extractor((16000, numpy.ones(1000, dtype=numpy.int16)))
+
+
+def test_a_long_recording_streams_through_the_toy_network(toy):
+    record, weights = toy
+    extractor = EmbeddingExtractor(record, weights)
+    audio = (16000, long_signal())
+    whole = extractor(audio)
+    extractor.pipeline.streaming_min_frames = 100
+    from bob.learn.pytorch import streaming
+
+    source = streaming.signal_source(audio)
+    assert len(streaming.plan_blocks(source.n_frames, record, 64)) > 5
+    streamed = streaming.embed_long(extractor.network, extractor.pipeline.runtime, source, record, block_steps=64)
+    numpy.testing.assert_allclose(streamed, whole, rtol=0, atol=ATOL)
+    numpy.testing.assert_allclose(extractor(audio), whole, rtol=0, atol=ATOL)
+
+
+def test_the_toy_network_runs_in_a_bob_pipeline(toy):
+    import bob.pipelines
+
+    from bob.learn.pytorch.transformers import AudioEmbeddingTransformer
+
+    record, weights = toy
+    expected = EmbeddingExtractor("toy", weights)(speech("flite_awb_u1"))
+    samples = [bob.pipelines.Sample(speech("flite_awb_u1"), key="a")]
+    wrapped = bob.pipelines.wrap(["sample"], AudioEmbeddingTransformer(network="toy", model_file=weights))
+    (result,) = wrapped.transform(samples)
+    assert result.data.shape == (1, 16)
+    numpy.testing.assert_allclose(result.data, expected, rtol=0, atol=ATOL)
+
+
+def test_the_toy_network_runs_from_the_command_line(toy, tmp_path):
+    import h5py
+    from click.testing import CliRunner
+
+    from bob.learn.pytorch.script.pytorch import pytorch
+
+    from .conftest import SPEECH
+
+    record, weights = toy
+    output = tmp_path / "toy.h5"
+    result = CliRunner().invoke(
+        pytorch, ["extract-audio", str(SPEECH / "flite_kal_u1.wav"), "-o", str(output), "--network", "toy", "--model", str(weights)]
+    )
+    assert result.exit_code == 0, result.output
+    with h5py.File(output, "r") as hdf5:
+        stored = hdf5["flite_kal_u1"][()]
+        assert hdf5.attrs["network"] == "toy"
+    numpy.testing.assert_allclose(stored, EmbeddingExtractor("toy", weights)(speech("flite_kal_u1")), atol=ATOL, rtol=0)
+    info = CliRunner().invoke(pytorch, ["info"])
+    assert "Toy CNN (--network toy)" in info.output and "tests.toy.modelpath: not set" in info.output

@@ -1,0 +1,162 @@
+"""The runtimes give the eager network's numbers, are built and checked once, and are rebuilt only on request."""
+import logging
+import pickle
+
+import numpy
+import pytest
+import torch
+
+from bob.learn.pytorch import runtimes
+from bob.learn.pytorch.preprocessor.audio import DltResNetExtractor, EmbeddingExtractor, ResNetExtractor
+from bob.learn.pytorch.runtimes import RUNNER_FRAMES_RTOL, build_runtime, embedding_head
+
+from .helpers_audio import ATOL, eager_embedding, speech, whole_spectrogram
+
+CLASSES = {"drn": DltResNetExtractor, "rn": ResNetExtractor}
+needs_onnxruntime = pytest.mark.skipif(not runtimes.onnxruntime_available(), reason='needs ".[fast]"')
+
+
+@pytest.fixture
+def without_onnxruntime(monkeypatch):
+    monkeypatch.setattr(runtimes, "onnxruntime_available", lambda: False)
+
+
+@pytest.fixture(scope="module")
+def onnx_runtimes(extractors):
+    """``{net: ONNX Runtime runtime}``, each built once for this module."""
+    if not runtimes.onnxruntime_available():
+        pytest.skip('needs ".[fast]"')
+    return {net: build_runtime(extractor.network, "onnxruntime") for net, extractor in extractors.items()}
+
+
+@pytest.mark.parametrize("net", ["drn", "rn"])
+@pytest.mark.parametrize("shape", [(1, 1, 37, 257), (3, 1, 298, 257), (1, 1, 1001, 257), (2, 1, 64, 272)])
+def test_onnxruntime_matches_the_eager_network(extractors, onnx_runtimes, net, shape):
+    network, runtime = extractors[net].network, onnx_runtimes[net]
+    assert runtime.name == "onnxruntime" and runtime.threads == torch.get_num_threads()
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)))
+    with torch.inference_mode():
+        fast, eager = runtime(x), network.forward_frames(x)
+        assert fast.shape == eager.shape and fast.dtype == torch.float32
+        assert float((fast - eager).abs().max()) <= RUNNER_FRAMES_RTOL * float(eager.abs().max())
+        numpy.testing.assert_allclose(embedding_head(network, fast), network(x), rtol=0, atol=ATOL)
+
+
+@needs_onnxruntime
+def test_auto_is_onnxruntime_when_installed(drn_extractor):
+    assert drn_extractor.backend == "auto" and drn_extractor.runtime == "onnxruntime"
+
+
+@pytest.mark.parametrize("backend", ["eager", "auto"])
+@pytest.mark.parametrize("net", ["drn", "rn"])
+def test_call_through_each_runtime_matches_eager(net, backend, drn_file, rn_file):
+    extractor = CLASSES[net](str(drn_file if net == "drn" else rn_file), backend=backend)
+    audio = speech("flite_awb_u2")
+    expected = eager_embedding(extractor.network, whole_spectrogram(audio))
+    numpy.testing.assert_allclose(extractor(audio), expected, rtol=0, atol=ATOL)
+    if backend == "eager":
+        assert extractor.runtime == "eager" and extractor.pipeline.forward() is extractor.network
+
+
+def test_without_the_fast_extra_auto_is_eager_and_onnxruntime_is_refused(drn_file, without_onnxruntime):
+    assert DltResNetExtractor(str(drn_file)).runtime == "eager"
+    with pytest.raises(ImportError, match=r'ONNX Runtime is not installed: pip install "bob.learn.pytorch\[fast\]"'):
+        DltResNetExtractor(str(drn_file), backend="onnxruntime")
+
+
+@pytest.mark.parametrize("name", ["fastest", "mnn", "torchscript"])
+def test_unknown_or_removed_runtimes_are_refused_before_loading(drn_file, name):
+    with pytest.raises(ValueError, match=rf"backend must be one of 'auto', 'onnxruntime', 'eager', got '{name}'"):
+        DltResNetExtractor(str(drn_file), backend=name)
+
+
+@needs_onnxruntime
+def test_a_failing_runtime_falls_back_to_eager_under_auto_and_fails_when_named(drn_file, monkeypatch, caplog):
+    def broken(*args):
+        raise RuntimeError("no kernel for this")
+
+    monkeypatch.setattr(runtimes, "OnnxRuntime", broken)
+    with caplog.at_level(logging.WARNING, logger="bob.learn.pytorch.runtimes"):
+        assert DltResNetExtractor(str(drn_file)).runtime == "eager"
+    assert "ONNX Runtime could not run the network (RuntimeError: no kernel for this); using eager PyTorch" in caplog.text
+    with pytest.raises(RuntimeError, match="no kernel for this"):
+        DltResNetExtractor(str(drn_file), backend="onnxruntime").network
+
+
+@needs_onnxruntime
+def test_a_runtime_with_wrong_numbers_is_never_used(drn_file, monkeypatch, caplog):
+    monkeypatch.setattr(runtimes, "probe_errors", lambda network, runtime, bins: (1e-2, 0.3))
+    with caplog.at_level(logging.WARNING, logger="bob.learn.pytorch.runtimes"):
+        assert DltResNetExtractor(str(drn_file)).runtime == "eager"
+    assert "differs from the eager one (frame features 0.01 relative, embeddings 0.3); using eager" in caplog.text
+    with pytest.raises(RuntimeError, match="differs from the eager one"):
+        DltResNetExtractor(str(drn_file), backend="onnxruntime").network
+
+
+def test_the_runtime_is_built_once_when_the_network_loads(drn_file, monkeypatch):
+    built = []
+    original = runtimes.build_runtime
+
+    def counting(*args, **kwargs):
+        built.append(args[1:])
+        return original(*args, **kwargs)
+
+    from bob.learn.pytorch.preprocessor.audio import extractor as extractor_module
+
+    monkeypatch.setattr(extractor_module, "build_runtime", counting)
+    extractor = DltResNetExtractor(str(drn_file))
+    for name in ("flite_kal_u1", "flite_kal_u2", "flite_kal_u1"):
+        extractor(speech(name))
+    extractor.embed_many([speech("flite_kal_u1"), speech("flite_kal_u2")])
+    assert built == [("auto", 257)]
+
+
+@needs_onnxruntime
+def test_changed_weights_need_rebuild_runtime(drn_file):
+    """The runtime keeps the weights it was built with: rebuild_runtime() is the one way to change them."""
+    extractor = DltResNetExtractor(str(drn_file))
+    audio = speech("flite_kal_u1")
+    before = extractor(audio)
+    network = extractor.network
+    with torch.no_grad():
+        network.conv5.weight.mul_(1.5)
+        network.layer1[0].bn1.running_var.add_(0.5)
+    numpy.testing.assert_array_equal(extractor(audio), before)  # documented: still the built weights
+    assert extractor.rebuild_runtime() == "onnxruntime"
+    after = extractor(audio)
+    assert numpy.max(numpy.abs(after - before)) > 1e-3
+    numpy.testing.assert_allclose(after, eager_embedding(network, whole_spectrogram(audio)), rtol=0, atol=ATOL)
+
+
+@needs_onnxruntime
+def test_rebuild_runtime_takes_the_thread_count_of_the_moment(drn_file):
+    extractor = DltResNetExtractor(str(drn_file))
+    audio = speech("flite_slt_u3")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        extractor.rebuild_runtime()
+        one = extractor.pipeline.runtime
+        one_thread = extractor(audio)
+    finally:
+        torch.set_num_threads(threads)
+    extractor.rebuild_runtime()
+    assert (one.threads, extractor.pipeline.runtime.threads) == (1, threads)
+    numpy.testing.assert_allclose(one_thread, extractor(audio), rtol=0, atol=ATOL)
+
+
+def test_pickled_extractor_keeps_its_runtime_choice_and_reloads(drn_file):
+    extractor = EmbeddingExtractor("dltresnet34", str(drn_file), backend="eager")
+    audio = speech("librivox_0880")
+    expected = extractor(audio)
+    clone = pickle.loads(pickle.dumps(extractor))
+    assert clone._pipeline is None and clone.backend == "eager"
+    assert clone.instance_token == extractor.instance_token
+    numpy.testing.assert_array_equal(clone(audio), expected)
+    assert clone.runtime == "eager"
+
+
+def test_networks_in_train_mode_are_refused_by_build_runtime(drn_file):
+    network = DltResNetExtractor(str(drn_file), backend="eager").network
+    with pytest.raises(ValueError, match=r"needs a network in eval mode \(call network.eval\(\) first\)"):
+        build_runtime(network.train(), "eager")
