@@ -14,7 +14,7 @@ def read_requirements(name):
 
 setup(
     name="bob.learn.pytorch",
-    version="1.0.0",
+    version="2.0.0",
     description="Speaker embeddings from PyTorch DltResNet/ResNet models, for the bob framework",
     long_description=(HERE / "README.rst").read_text(),
     long_description_content_type="text/x-rst",

@@ -44,9 +44,10 @@ import numpy  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from bob.learn.pytorch.preprocessor.audio import DltResNetExtractor, ResNetExtractor  # noqa: E402
+from bob.learn.pytorch.pipeline import EmbeddingPipeline  # noqa: E402
+from bob.learn.pytorch.preprocessor.audio import EmbeddingExtractor  # noqa: E402
+from bob.learn.pytorch.runtimes import RUNTIMES  # noqa: E402
 from bob.learn.pytorch.embedding import standardize  # noqa: E402
-from bob.learn.pytorch.preprocessor.audio.fast import BACKENDS  # noqa: E402
 from bob.learn.pytorch.frontend import prepare_signal  # noqa: E402
 
 RATE = 16000
@@ -125,9 +126,8 @@ def model_file(args: argparse.Namespace, folder: str) -> str:
     return path
 
 
-def make_extractor(args: argparse.Namespace, path: str):
-    cls = ResNetExtractor if args.net == "rn" else DltResNetExtractor
-    return cls(path, backend=args.backend)
+def make_extractor(args: argparse.Namespace, path: str) -> EmbeddingExtractor:
+    return EmbeddingExtractor(args.net, path, backend=args.backend)
 
 
 # -- speed --------------------------------------------------------------------------------------------
@@ -139,13 +139,15 @@ def measure_duration(extractor, seconds: float, args: argparse.Namespace) -> Dic
     n_frames = 1 + (int(seconds * RATE) - 400) // 160
     flops = network_flops(network, n_frames) * count
     a, b = torch.randn(MATMUL_SIZE, MATMUL_SIZE), torch.randn(MATMUL_SIZE, MATMUL_SIZE)
-    best = {"matmul": float("inf"), "one_by_one": float("inf"), "batch": float("inf"), "baseline": float("inf")}
+    eager = EmbeddingPipeline(extractor.pretrained, network)  # the same network, every layer in eager PyTorch
+    best = {key: float("inf") for key in ("matmul", "one_by_one", "eager", "batch", "baseline")}
     check = 0.0
     for round_ in range(args.rounds + 1):  # round 0 warms up
         audios = fresh_audio(seconds, count, seed=round_)
         times = {
             "matmul": min(timed(lambda: a @ b) for _ in range(3)),
             "one_by_one": timed(lambda: [extractor(audio) for audio in audios]),
+            "eager": timed(lambda: [eager.embed(audio) for audio in audios]),
             "batch": timed(lambda: extractor.embed_many(audios, batch_size=args.batch_size)),
             "baseline": timed(lambda: [baseline_embed(network, audio) for audio in audios[: args.baseline_count]])
             * count
@@ -165,6 +167,7 @@ def measure_duration(extractor, seconds: float, args: argparse.Namespace) -> Dic
         result[f"fraction_{key}"] = flops / best[key] / 1e9 / matmul_gflops
     result["speedup_one_by_one"] = best["baseline"] / best["one_by_one"]
     result["speedup_batch"] = best["baseline"] / best["batch"]
+    result["speedup_over_eager"] = best["eager"] / best["one_by_one"]
     return result
 
 
@@ -241,7 +244,8 @@ def print_report(
           f"{args.batch_size} utterances per measurement")
     header = (
         f"{'audio':>6} {'matmul':>8} | {'RTF call':>9} {'RTF batch':>9} {'RTF base':>9} | "
-        f"{'frac call':>9} {'frac batch':>10} {'frac base':>9} | {'x call':>6} {'x batch':>7} | {'diff':>7}"
+        f"{'frac call':>9} {'frac batch':>10} {'frac base':>9} | {'x call':>6} {'x batch':>7} {'x eager':>7} | "
+        f"{'diff':>7}"
     )
     print(header)
     print("-" * len(header))
@@ -250,10 +254,12 @@ def print_report(
             f"{row['seconds']:>5.0f}s {row['matmul_gflops']:>8.1f} | "
             f"{row['rtf_one_by_one']:>9.5f} {row['rtf_batch']:>9.5f} {row['rtf_baseline']:>9.5f} | "
             f"{row['fraction_one_by_one']:>9.2f} {row['fraction_batch']:>10.2f} {row['fraction_baseline']:>9.2f} | "
-            f"{row['speedup_one_by_one']:>6.2f} {row['speedup_batch']:>7.2f} | {row['max_abs_diff_vs_baseline']:>7.1e}"
+            f"{row['speedup_one_by_one']:>6.2f} {row['speedup_batch']:>7.2f} {row['speedup_over_eager']:>7.2f} | "
+            f"{row['max_abs_diff_vs_baseline']:>7.1e}"
         )
     print("matmul: GFLOP/s of a 2048x2048 float32 product; frac: network GFLOP/s (end to end, spectrogram "
-          "included) / matmul; x: speed-up over the baseline; diff: max |embedding - baseline|")
+          "included) / matmul; x: speed-up over the baseline; x eager: one-by-one calls with every layer in eager "
+          "PyTorch / with the runtime; diff: max |embedding - baseline|")
     if memory:
         print(
             f"long file: {args.long_minutes} min at 16 kHz int16 ({memory['input_mb']:.0f} MiB of samples) embedded "
@@ -269,7 +275,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--net", choices=("drn", "rn"), default="drn", help="DltResNet-34 (drn) or ResNet-34 (rn)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the best of each is kept")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch.set_num_threads")
-    parser.add_argument("--backend", choices=BACKENDS, default="auto", help="form of the network (extractor backend)")
+    parser.add_argument("--backend", choices=RUNTIMES, default="auto", help="runtime of the network (extractor backend)")
     parser.add_argument("--batch-size", type=int, default=8, help="utterances per measurement and per batch")
     parser.add_argument("--baseline-count", type=int, default=2, help="utterances the slow baseline embeds per round")
     parser.add_argument("--durations", type=float, nargs="+", default=[3.0, 10.0, 60.0])
@@ -292,7 +298,7 @@ def main(argv=None) -> None:
         extractor = make_extractor(args, path)
         memory = {} if args.skip_memory else measure_memory(args, path)  # first, while this process is small
         rows = [measure_duration(extractor, seconds, args) for seconds in args.durations]
-        backend = extractor._fast.runner_backend(extractor.network)
+        backend = extractor.runtime
     print_report(rows, memory, args, backend, load_before, os.getloadavg())
     if args.json:
         machine = {"cpu": cpu_model(), "kernels": torch.backends.cpu.get_cpu_capability(), "cpus": os.cpu_count()}

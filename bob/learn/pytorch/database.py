@@ -33,7 +33,7 @@ from sklearn.pipeline import make_pipeline
 from .atomic import replacing
 from .bob_imports import CSVDatabase, FileSampleLoader
 from .io import utf8_encodable
-from .preprocessor.audio.embedding import whole_number
+from .embedding import whole_number
 
 __all__ = ["read_speakers", "write_csv_protocol", "csv_database", "recordings_database"]
 

@@ -26,7 +26,7 @@ from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[4]
 # pip's name -> conda's name, where they differ
-CONDA_NAMES = {"torch": "pytorch", "build": "python-build", "MNN": "mnn"}
+CONDA_NAMES = {"torch": "pytorch", "build": "python-build"}
 # Not part of a source tree to build from.
 NOT_COPIED = shutil.ignore_patterns(
     ".git", ".venv", "build", "dist", "_build", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis",
