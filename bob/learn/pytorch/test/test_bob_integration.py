@@ -23,6 +23,7 @@ import bob.pipelines
 import numpy
 import pytest
 import scipy.io.wavfile
+import torch
 from bob.bio.base.algorithm import Distance
 from bob.bio.base.extractor import Extractor
 from bob.bio.base.pipelines import PipelineSimple, checkpoint_pipeline_simple, dask_bio_pipeline
@@ -204,7 +205,7 @@ def test_config_executed_like_verify_py_defines_the_legacy_variables(name, confi
     preprocessor = variables["preprocessor"]
     assert type(preprocessor) is kind
     assert preprocessor.model_path == str(model)
-    assert preprocessor._network is None, "loading a config must not load the network"
+    assert preprocessor._pipeline is None, "loading a config must not load the network"
     assert isinstance(variables["extractor"], Extractor)
     assert variables["extracted_directory"] == "preprocessed"
     assert variables["skip_extraction"] is True
@@ -281,7 +282,7 @@ def test_bob_loads_the_pipeline_resource_like_bob_bio_pipeline_simple(config_mod
     config_model("dltresnet34")
     pipeline = load(["dltresnet34-voxceleb"], entry_point_group="bob.bio.pipeline", attribute_name="pipeline")
     assert isinstance(pipeline, PipelineSimple)
-    assert pipeline.transformer.steps[0][1].estimator.extractor._network is None
+    assert pipeline.transformer.steps[0][1].estimator.extractor._pipeline is None
 
 
 def test_resources_resolve_in_a_fresh_interpreter(tmp_path):
@@ -380,14 +381,38 @@ def test_transformer_builds_its_extractor_lazily(checkpoint):
     assert "_extractor" not in transformer.__dict__  # __init__ only stores arguments
     embedding = transformer.transform([read_audio("flite_rms_u1.wav")])[0]
     extractor = transformer._get_extractor()
-    assert type(extractor) is ResNetExtractor and extractor.model_path == str(model)
+    assert extractor.pretrained.name == "resnet34" and extractor.model_path == str(model)
     numpy.testing.assert_allclose(embedding, ResNetExtractor(model)(read_audio("flite_rms_u1.wav")), atol=ATOL)
     assert len(pickle.dumps(transformer)) < MAX_PICKLE_BYTES
 
     with pytest.raises(ValueError, match="not both"):
         AudioEmbeddingTransformer(extractor, use_res=True).transform([read_audio("flite_rms_u1.wav")])
-    with pytest.raises(TypeError, match="DltResNetExtractor or ResNetExtractor"):
+    with pytest.raises(TypeError, match=r"extractor must be an EmbeddingExtractor \(DltResNetExtractor, ResNetExtractor"):
         AudioEmbeddingTransformer(DummyExtractor()).transform([read_audio("flite_rms_u1.wav")])
+    with pytest.raises(ValueError, match="use_res=True conflicts with network='dltresnet34'; pass only network"):
+        AudioEmbeddingTransformer(network="dltresnet34", use_res=True).transform([read_audio("flite_rms_u1.wav")])
+
+
+def test_transformer_builds_the_registered_network_it_is_named(checkpoint):
+    transformer = AudioEmbeddingTransformer(network="rn34", model_file=checkpoint("rn34"))
+    audio = read_audio("flite_rms_u1.wav")
+    expected = ResNetExtractor(checkpoint("rn34"))(audio)
+    numpy.testing.assert_allclose(transformer.transform([audio])[0], expected, atol=ATOL, rtol=0)
+    assert transformer._get_extractor().pretrained.name == "resnet34"
+
+
+def test_the_transformer_uses_the_extractor_it_is_given(checkpoint):
+    """Two extractors of one model file, one of them changed in memory: each transformer embeds with its own."""
+    audio = read_audio("flite_rms_u1.wav")
+    plain, changed = DltResNetExtractor(checkpoint("drn34")), DltResNetExtractor(checkpoint("drn34"))
+    with torch.no_grad():
+        changed.network.em.bias.add_(0.5)
+    changed.rebuild_runtime()
+    first = AudioEmbeddingTransformer(plain).transform([audio])[0]
+    second = AudioEmbeddingTransformer(changed).transform([audio])[0]
+    numpy.testing.assert_array_equal(first, plain(audio))
+    numpy.testing.assert_array_equal(second, changed(audio))
+    assert numpy.max(numpy.abs(first - second)) > 1e-3
 
 
 def test_unpickled_copies_share_one_network_per_process(checkpoint):
@@ -429,13 +454,13 @@ def test_config_pipeline_pickles_without_the_network(config_model, fresh_config_
     shipped = (wrapped.transformer, wrapped.biometric_algorithm, config["transformer"], preprocessor)
     for obj in shipped:
         assert len(pickle.dumps(obj)) < MAX_PICKLE_BYTES
-    assert preprocessor._network is None, "wrapping for dask must not load the network"
+    assert preprocessor._pipeline is None, "wrapping for dask must not load the network"
 
     preprocessor(read_audio("flite_slt_u1.wav"))  # loads the network in this process
-    assert preprocessor._network is not None
+    assert preprocessor._pipeline is not None
     for obj in shipped:
         assert len(pickle.dumps(obj)) < MAX_PICKLE_BYTES
-    assert pickle.loads(pickle.dumps(preprocessor))._network is None
+    assert pickle.loads(pickle.dumps(preprocessor))._pipeline is None
 
 
 def test_bob_preprocessor_transformer_wraps_the_config_preprocessor(config_model, fresh_config_modules):

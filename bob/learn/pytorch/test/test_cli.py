@@ -779,7 +779,7 @@ def test_export_writes_onnx_that_onnxruntime_alone_runs_with_the_extractors_numb
         f"wrote {output}: {title}, input 'spectrogram' (batch, 1, time, 257) -> output 'embedding' (batch, 128); "
     )
     assert sorted(path.name for path in output.parent.iterdir()) == ["net.onnx"]
-    audios = [read_wav(SPEECH / name) for name in ("flite_kal_u1", "librivox_0930")]
+    audios = [read_wav(SPEECH / f"{name}.wav") for name in ("flite_kal_u1", "librivox_0930")]
     for index, audio in enumerate(audios):  # two lengths: the time axis is free
         spectrogram_file, embedding_file = tmp_path / f"in{index}.npy", tmp_path / f"out{index}.npy"
         numpy.save(spectrogram_file, standardized_batch([extractor.spectrogram(audio)]))

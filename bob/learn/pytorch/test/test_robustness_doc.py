@@ -82,12 +82,12 @@ def _failed_download(tmp_path, monkeypatch):
         return DltResNetExtractor()
 
 
-def _without(module_name, backend, drn_file, monkeypatch):
-    """The extractor asked for ``backend`` while its optional runtime (``module_name``) is missing."""
-    from bob.learn.pytorch.preprocessor import audio
+def _without_onnxruntime(drn_file, monkeypatch):
+    """The extractor asked for ONNX Runtime while the ``fast`` extra is missing."""
+    from bob.learn.pytorch import runtimes
 
-    monkeypatch.setattr(getattr(audio, module_name), "available", lambda: False)
-    return DltResNetExtractor(str(drn_file), backend=backend)
+    monkeypatch.setattr(runtimes, "onnxruntime_available", lambda: False)
+    return DltResNetExtractor(str(drn_file), backend="onnxruntime")
 
 
 def cases(extractor, tmp_path, drn_file, rn_file, monkeypatch):
@@ -110,8 +110,8 @@ def cases(extractor, tmp_path, drn_file, rn_file, monkeypatch):
         "rate below 1000 Hz": lambda: extractor((800, NOISE)),
         "``annotations`` neither": lambda: extractor((16000, NOISE), "annotations"),
         "unknown ``backend`` name": lambda: DltResNetExtractor(str(drn_file), backend="tensorrt"),
-        '``backend="onnxruntime"`` without': lambda: _without("ort_backend", "onnxruntime", drn_file, monkeypatch),
-        '``backend="mnn"`` without': lambda: _without("mnn_backend", "mnn", drn_file, monkeypatch),
+        '``backend="onnxruntime"`` without': lambda: _without_onnxruntime(drn_file, monkeypatch),
+        '``backend="mnn"`` or': lambda: DltResNetExtractor(str(drn_file), backend="mnn"),
         "spectrogram with a number of frequency bins": lambda: extractor.extract_embeddings(
             extractor.network, SPECS[:, :256], 0
         ),

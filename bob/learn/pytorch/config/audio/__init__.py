@@ -6,3 +6,20 @@ style, ``preprocessor``, ``extractor``, ``extracted_directory`` and
 and ``pipeline``. They are registered as the resources
 ``dltresnet34-voxceleb`` and ``resnet34-voxceleb``.
 """
+from typing import Any, Tuple
+
+from sklearn.pipeline import make_pipeline
+
+from bob.learn.pytorch.bob_imports import Distance, PipelineSimple, wrap
+from bob.learn.pytorch.transformers import AudioEmbeddingTransformer
+
+__all__ = ["cosine_pipeline"]
+
+
+def cosine_pipeline(preprocessor: Any) -> Tuple[Any, Any]:
+    """``(transformer, pipeline)`` for ``bob bio pipeline simple``: the preprocessor's embeddings, cosine scores.
+
+    The transformer shares the preprocessor, and so its network.
+    """
+    transformer = make_pipeline(wrap(["sample"], AudioEmbeddingTransformer(preprocessor)))
+    return transformer, PipelineSimple(transformer, Distance(distance_function="cosine", factor=-1))

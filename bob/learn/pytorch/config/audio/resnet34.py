@@ -6,22 +6,19 @@ Run it on a database with bob's experiment runner::
 
 (add ``-l local-parallel`` for dask worker processes, ``-c DIR`` to keep the
 embeddings in ``DIR`` and reuse them on the next run). The model file comes
-from ``bob config set bob.learn.pytorch.extractor.audio.rn_modelpath PATH``,
-else the package data folder, where a missing file is downloaded when this
-file is imported (``bob pytorch download-models`` does it ahead). The network
-itself is loaded on first use, once per process.
+from the network's path setting (``bob pytorch info`` shows the key), else
+the package data folder, where a missing file is downloaded when this file is
+imported (``bob pytorch download-models`` does it ahead). The network itself
+is loaded on first use, once per process.
 
 The legacy variables (``preprocessor``, ``extractor``,
 ``extracted_directory``, ``skip_extraction``) are those the original guide
 told ``verify.py`` users to write: the embedding is computed as the
 preprocessed data and used directly as the feature.
 """
-from sklearn.pipeline import make_pipeline
-
-from bob.learn.pytorch.bob_imports import Distance, PipelineSimple, wrap
+from bob.learn.pytorch.config.audio import cosine_pipeline
 from bob.learn.pytorch.extractor import CallableExtractor, identity
 from bob.learn.pytorch.preprocessor.audio import ResNetExtractor
-from bob.learn.pytorch.transformers import AudioEmbeddingTransformer
 
 # Legacy (verify.py) variables.
 preprocessor = ResNetExtractor()
@@ -29,6 +26,5 @@ extractor = CallableExtractor(identity)
 extracted_directory = "preprocessed"
 skip_extraction = True
 
-# bob bio pipeline simple: the transformer shares the preprocessor (and so its network).
-transformer = make_pipeline(wrap(["sample"], AudioEmbeddingTransformer(preprocessor)))
-pipeline = PipelineSimple(transformer, Distance(distance_function="cosine", factor=-1))
+# bob bio pipeline simple.
+transformer, pipeline = cosine_pipeline(preprocessor)
