@@ -1,6 +1,6 @@
 """Exceptions raised by bob.learn.pytorch."""
 
-__all__ = ["CheckpointError", "UnsafeCheckpointError", "ModelDownloadError", "SettingsError"]
+__all__ = ["CheckpointError", "UnsafeCheckpointError", "ModelDownloadError", "SettingsError", "RuntimeBuildError"]
 
 
 class CheckpointError(RuntimeError):
@@ -17,3 +17,7 @@ class ModelDownloadError(RuntimeError):
 
 class SettingsError(ValueError):
     """A bob settings file (``bobrc.toml`` or ``~/.bobrc``) exists but cannot be read."""
+
+
+class RuntimeBuildError(RuntimeError):
+    """The runtime asked for by name (``backend="onnxruntime"``) cannot run the network, or differs from eager."""

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .architectures.utils import SpeakerEmbeddingNet, l2_normalize, statistics_pooling
+from .errors import RuntimeBuildError
 from .onnx_export import INPUT_NAME, OUTPUT_NAME, export_frame_body
 
 __all__ = [
@@ -175,8 +176,8 @@ def build_runtime(network: SpeakerEmbeddingNet, name: str = "auto", bins: int = 
     ------
     ValueError, ImportError
         From :func:`check_runtime_name`; ValueError for a network in train mode.
-    RuntimeError
-        If ``"onnxruntime"`` was asked for and differs from the eager network.
+    RuntimeBuildError
+        If ``"onnxruntime"`` was asked for by name and cannot run the network or differs from it.
     """
     check_runtime_name(name)
     if network.training:
@@ -188,9 +189,10 @@ def build_runtime(network: SpeakerEmbeddingNet, name: str = "auto", bins: int = 
         runtime = OnnxRuntime(export_frame_body(network, bins), torch.get_num_threads())
         frames_error, embedding_error = probe_errors(network, runtime, bins)
     except Exception as exc:  # noqa: BLE001 - any failure of the optional runtime means: use the eager network
+        problem = f"ONNX Runtime could not run the network ({type(exc).__name__}: {exc})"
         if name == "onnxruntime":
-            raise
-        logger.warning("ONNX Runtime could not run the network (%s: %s); using eager PyTorch", type(exc).__name__, exc)
+            raise RuntimeBuildError(f"{problem}; use backend 'auto' or 'eager'") from exc
+        logger.warning("%s; using eager PyTorch", problem)
         return eager
     if frames_error <= RUNNER_FRAMES_RTOL and embedding_error <= RUNNER_ATOL:
         logger.debug("onnxruntime ready (probe differences %.2g, %.2g)", frames_error, embedding_error)
@@ -200,7 +202,7 @@ def build_runtime(network: SpeakerEmbeddingNet, name: str = "auto", bins: int = 
         f"embeddings {embedding_error:.3g})"
     )
     if name == "onnxruntime":
-        raise RuntimeError(message)
+        raise RuntimeBuildError(f"{message}; use backend 'auto' or 'eager'")
     logger.warning("%s; using eager PyTorch", message)
     return eager
 

@@ -19,7 +19,7 @@ import torch
 from clapper.click import AliasedGroup, verbosity_option
 
 from .. import model_files, pretrained, runtimes, settings
-from ..errors import CheckpointError, ModelDownloadError, SettingsError
+from ..errors import CheckpointError, ModelDownloadError, RuntimeBuildError, SettingsError
 from ..preprocessor.audio import EmbeddingExtractor
 from . import extract as extraction
 
@@ -109,6 +109,8 @@ def load_extractor(
         extractor.network  # noqa: B018 - load now, so that a bad file fails before any recording is read
     except MODEL_ERRORS as error:
         raise ModelUnavailable(_model_problem(error)) from None
+    except RuntimeBuildError as error:
+        raise click.ClickException(f"--backend {backend}: {_one_line(error)}") from None
     except (RuntimeError, AssertionError) as error:  # e.g. CUDA requested but not available
         raise ModelUnavailable(f"cannot load the model on device '{device}': {_one_line(error)}") from None
     return extractor
@@ -155,6 +157,39 @@ def check_chunk_length(value: int, network: pretrained.PretrainedNetwork) -> int
     return value
 
 
+_MODEL_FILE_OPTION = click.option(
+    "--model",
+    "-m",
+    "model_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Model file (.pth.tar). Default: the network's user setting (see 'bob pytorch info'), else the "
+    "package's copy, downloaded when missing.",
+)
+_TRUST_OPTION = click.option(
+    "--trust-checkpoint",
+    is_flag=True,
+    help="Allow full unpickling of the model file (only for files you trust: it can run code).",
+)
+
+
+def _with_options(function: F, options: Sequence[Callable[[F], F]]) -> F:
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def output_option(help_text: str) -> Callable[[F], F]:
+    """``--output/-o FILE``, required, with ``help_text``."""
+    return click.option(
+        "--output", "-o", required=True, type=click.Path(dir_okay=False, writable=True), help=help_text
+    )
+
+
+def model_file_options(function: F) -> F:
+    """``--model`` and ``--trust-checkpoint``."""
+    return _with_options(function, [_MODEL_FILE_OPTION, _TRUST_OPTION])
+
+
 def model_options(function: F) -> F:
     """``--network``, ``--model``, ``--use-res``, ``--device`` and ``--trust-checkpoint``, shared by the commands."""
     options = [
@@ -165,25 +200,12 @@ def model_options(function: F) -> F:
             default=None,
             help="Registered network (default dltresnet34); 'bob pytorch info' lists them.",
         ),
-        click.option(
-            "--model",
-            "-m",
-            "model_file",
-            type=click.Path(exists=True, dir_okay=False),
-            help="Model file (.pth.tar). Default: the network's user setting (see 'bob pytorch info'), else the "
-            "package's copy, downloaded when missing.",
-        ),
+        _MODEL_FILE_OPTION,
         click.option("--use-res", is_flag=True, help="The original's switch: same as --network resnet34."),
         click.option("--device", "-d", default="cpu", show_default=True, help="Torch device, e.g. cpu, cuda, cuda:1."),
-        click.option(
-            "--trust-checkpoint",
-            is_flag=True,
-            help="Allow full unpickling of the model file (only for files you trust: it can run code).",
-        ),
+        _TRUST_OPTION,
     ]
-    for option in reversed(options):
-        function = option(function)
-    return function
+    return _with_options(function, options)
 
 
 @click.group(cls=AliasedGroup, context_settings={"help_option_names": ("-?", "-h", "--help")})
@@ -231,13 +253,7 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
 
 @pytorch.command("extract-audio")
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
-@click.option(
-    "--output",
-    "-o",
-    required=True,
-    type=click.Path(dir_okay=False, writable=True),
-    help="Output file: .h5/.hdf5 (one dataset per recording), .npy (rows, plus <name>.rows.csv) or .csv.",
-)
+@output_option("Output file: .h5/.hdf5 (one dataset per recording), .npy (rows, plus <name>.rows.csv) or .csv.")
 @model_options
 @click.option(
     "--chunk-length",
@@ -402,8 +418,8 @@ def download_models(networks: Sequence[pretrained.PretrainedNetwork], trust_chec
     there is kept; a missing one is downloaded, checked and moved into place.
 
     \b
-    Example:
-      bob config set bob.learn.pytorch.extractor.audio.drn_modelpath /shared/models/drn34.pth.tar
+    Example (the path setting's key is in 'bob pytorch info'):
+      bob config set <path key of dltresnet34> /shared/models/drn34.pth.tar
       bob pytorch download-models dltresnet34
     """
     failed = 0
@@ -429,7 +445,7 @@ def info(**_: object) -> None:
     \b
     Example:
       bob pytorch info
-      bob config set bob.learn.pytorch.extractor.audio.rn_modelpath /path/to/rn34.pth.tar
+      bob config set <a key it lists> /path/to/rn34.pth.tar
     """
     try:
         described = model_files.describe_model_files()
@@ -494,25 +510,8 @@ def describe_backends() -> List[str]:
 
 @pytorch.command("export")
 @click.argument("network", type=NetworkName())
-@click.option(
-    "--output",
-    "-o",
-    required=True,
-    type=click.Path(dir_okay=False, writable=True),
-    help="The ONNX file to write, e.g. dltresnet34.onnx.",
-)
-@click.option(
-    "--model",
-    "-m",
-    "model_file",
-    type=click.Path(exists=True, dir_okay=False),
-    help="Model file (.pth.tar). Default: the network's user setting, else the package's copy.",
-)
-@click.option(
-    "--trust-checkpoint",
-    is_flag=True,
-    help="Allow full unpickling of the model file (only for files you trust: it can run code).",
-)
+@output_option("The ONNX file to write, e.g. dltresnet34.onnx.")
+@model_file_options
 @verbosity_option(logger=logger)
 def export(
     network: pretrained.PretrainedNetwork, output: str, model_file: Optional[str], trust_checkpoint: bool, **_: object

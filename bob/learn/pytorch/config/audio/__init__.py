@@ -1,10 +1,21 @@
-"""Speaker-embedding configurations for bob.
+"""Speaker-embedding configurations for bob: embeddings of a VoxCeleb network, scored by cosine similarity.
 
 ``dltresnet34`` and ``resnet34`` each define, in the legacy ``verify.py``
 style, ``preprocessor``, ``extractor``, ``extracted_directory`` and
-``skip_extraction``; and, for ``bob bio pipeline simple``, ``transformer``
-and ``pipeline``. They are registered as the resources
-``dltresnet34-voxceleb`` and ``resnet34-voxceleb``.
+``skip_extraction`` (the original guide's variables: the embedding is
+computed as the preprocessed data and used directly as the feature); and,
+for ``bob bio pipeline simple``, ``transformer`` and ``pipeline``. They are
+registered as the resources ``dltresnet34-voxceleb`` and
+``resnet34-voxceleb``::
+
+    $ bob bio pipeline simple -p dltresnet34-voxceleb -d my_database.py -o results
+
+(add ``-l local-parallel`` for dask worker processes, ``-c DIR`` to keep the
+embeddings in ``DIR`` and reuse them on the next run). The model file comes
+from the network's path setting (``bob pytorch info`` shows the key), else
+the package data folder, where a missing file is downloaded when the
+configuration is imported (``bob pytorch download-models`` does it ahead).
+The network itself is loaded on first use, once per process.
 """
 from typing import Any, Tuple
 

@@ -6,7 +6,7 @@ package keep working: ``use_res`` picks the registry's ``resnet34`` instead of
 ``dltresnet34``, ``cuda_flag=1`` means ``device="cuda"``.
 """
 import warnings
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -91,25 +91,13 @@ class DltResNetExtractor(EmbeddingExtractor):
 class ResNetExtractor(DltResNetExtractor):
     """The ResNet-34 variant of :class:`DltResNetExtractor` (``use_res=True``).
 
-    Takes the same arguments; ``use_res`` may only be True.
+    Takes the same arguments (``device``, ``trust_checkpoint`` and
+    ``backend`` by keyword); ``use_res`` may only be True.
     """
 
-    def __init__(
-        self,
-        model_file: Optional[PathLike] = None,
-        num_classes: int = 1211,
-        bn_dim: int = 128,
-        cuda_flag: int = 0,
-        test: bool = False,
-        use_res: bool = True,
-        *,
-        device: Optional[DeviceLike] = None,
-        trust_checkpoint: bool = False,
-        backend: str = "auto",
-    ) -> None:
+    def __init__(self, *args: Any, use_res: bool = True, **options: Any) -> None:
+        if len(args) > 5:  # the original's positional use_res
+            args, use_res = args[:5] + args[6:], args[5]
         if not use_res:
             raise ValueError("ResNetExtractor always uses the ResNet-34; use DltResNetExtractor for the DltResNet")
-        super().__init__(
-            model_file, num_classes, bn_dim, cuda_flag, test, True,
-            device=device, trust_checkpoint=trust_checkpoint, backend=backend,
-        )
+        super().__init__(*args, use_res=True, **options)
