@@ -12,12 +12,15 @@ In cases 2 and 3 a missing file is downloaded from the setting ``...drn_url`` /
 ``...rn_url`` or else from the original Idiap address (``record.url``).
 """
 import logging
+import math
 import os
+import re
+import urllib.parse
 from typing import TYPE_CHECKING, Any, List, NamedTuple, Optional, Sequence, Union
 
-from .download import DownloadOptions, download_model
+from .download import DEADLINE_KEY, MAX_SECONDS, MIN_RATE_KEY, DownloadOptions, download_model
 from .errors import SettingsError
-from .settings import SettingValue, get_setting
+from .settings import SettingValue, get_setting, redact_url
 
 if TYPE_CHECKING:  # the extractor module imports this one: no import cycle at run time
     from .preprocessor.audio.weights import PretrainedModel
@@ -30,6 +33,8 @@ __all__ = [
     "SOURCE_PACKAGE_DATA",
     "SOURCE_PACKAGE_URL",
     "DOWNLOAD_TIMEOUT_KEY",
+    "DEADLINE_KEY",
+    "MIN_RATE_KEY",
     "sha256_key",
     "absolute_path",
     "resolve_model_file",
@@ -138,11 +143,28 @@ def resolve_model_file(record: "PretrainedModel", model_file: Optional[PathLike]
 
 
 def resolve_model_url(record: "PretrainedModel") -> ModelUrl:
-    """Return the download address for ``record`` (setting ``...drn_url`` / ``...rn_url``, else ``record.url``)."""
+    """Return the download address for ``record`` (setting ``...drn_url`` / ``...rn_url``, else ``record.url``).
+
+    Raises
+    ------
+    SettingsError
+        If the setting is not an ``http://`` or ``https://`` address with a host.
+    """
     setting = _text_setting(record.url_key)
-    if setting is not None:
-        return ModelUrl(setting.value.strip(), setting.source)
-    return ModelUrl(record.url, SOURCE_PACKAGE_URL)
+    if setting is None:
+        return ModelUrl(record.url, SOURCE_PACKAGE_URL)
+    url = setting.value.strip()
+    try:
+        parts = urllib.parse.urlsplit(url)
+        valid = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        valid = False
+    if not valid:
+        raise SettingsError(
+            f"{setting.source} must be an http:// or https:// address, not {redact_url(url)!r}; "
+            f"change it with 'bob config set {record.url_key} URL'"
+        )
+    return ModelUrl(url, setting.source)
 
 
 def resolve_sha256(record: "PretrainedModel", url: str) -> Optional[str]:
@@ -150,31 +172,67 @@ def resolve_sha256(record: "PretrainedModel", url: str) -> Optional[str]:
 
     The setting :func:`sha256_key` applies to whatever URL is used; ``record.sha256``
     applies only to the default address ``record.url``.
+
+    Raises
+    ------
+    SettingsError
+        If the setting is not 64 hexadecimal digits.
     """
     setting = _text_setting(sha256_key(record))
-    if setting is not None:
-        return setting.value.strip().lower()
-    return record.sha256 if url == record.url else None
+    if setting is None:
+        return record.sha256 if url == record.url else None
+    digest = setting.value.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise SettingsError(
+            f"{setting.source} must be a sha256 digest (64 hexadecimal digits), not {setting.value!r}; "
+            f"change it with 'bob config set {setting.key} DIGEST'"
+        )
+    return digest
 
 
 def download_options() -> DownloadOptions:
-    """Default download options; the setting ``...download_timeout`` sets both timeouts (seconds)."""
-    setting = get_setting(DOWNLOAD_TIMEOUT_KEY)
-    if setting is None:
-        return DownloadOptions()
-    seconds = _positive_number(setting)
-    return DownloadOptions(connect_timeout=seconds, read_timeout=seconds)
+    """Default download options, changed by the user settings.
+
+    ``...download_timeout`` sets both timeouts, ``...download_deadline`` the
+    time the whole download may take (seconds) and ``...download_min_rate``
+    the slowest acceptable rate (kilobytes per second; 0 accepts any rate).
+
+    Raises
+    ------
+    SettingsError
+        If a setting is not a number in its range, naming the key and the file.
+    """
+    values = {}
+    timeout = get_setting(DOWNLOAD_TIMEOUT_KEY)
+    if timeout is not None:
+        values["connect_timeout"] = values["read_timeout"] = _positive_number(timeout)
+    deadline = get_setting(DEADLINE_KEY)
+    if deadline is not None:
+        values["deadline"] = _positive_number(deadline)
+    rate = get_setting(MIN_RATE_KEY)
+    if rate is not None:
+        values["min_rate"] = 1000 * _number(rate, "a number of kilobytes per second >= 0", low=0.0, high=1e9, zero_ok=True)
+    return DownloadOptions(**values)
 
 
 def _positive_number(setting: SettingValue) -> float:
+    """A number of seconds > 0 and at most :data:`~bob.learn.pytorch.download.MAX_SECONDS` (about 11.6 days)."""
+    return _number(setting, "a positive number of seconds", low=0.0, high=MAX_SECONDS)
+
+
+def _number(setting: SettingValue, what: str, low: float, high: float, zero_ok: bool = False) -> float:
     value: Any = setting.value
     try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = 0.0
-    if isinstance(value, bool) or not seconds > 0:
-        raise SettingsError(f"{setting.source} must be a positive number of seconds, not {value!r}")
-    return seconds
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    in_range = (number >= low if zero_ok else number > low) and number <= high
+    if isinstance(value, bool) or not (math.isfinite(number) and in_range):
+        raise SettingsError(
+            f"{setting.source} must be {what}, not {value!r} (finite, at most {high:g}); "
+            f"change it with 'bob config set {setting.key} VALUE'"
+        )
+    return number
 
 
 def ensure_model_file(
@@ -233,7 +291,7 @@ def ensure_model_file(
     url = resolve_model_url(record)
     logger.info(
         "%s model file %s (from the %s) is missing; fetching it from %s (%s)",
-        record.title, location.path, location.source, url.url, url.source,
+        record.title, location.path, location.source, redact_url(url.url), url.source,
     )
     return download_model(
         record,

@@ -418,7 +418,7 @@ def describe_model(entry: "model_files.ModelFileInfo") -> List[str]:
         f"{record.title} ({record.name}, {flag})",
         f"  model file:   {entry.path} [{state}]",
         f"    from:       {entry.path_source}",
-        f"  download URL: {entry.url}",
+        f"  download URL: {settings.redact_url(entry.url)}",
         f"    from:       {entry.url_source}",
         f"  sha256:       {entry.sha256 or 'not checked (none known for this URL)'}",
     ]
@@ -430,10 +430,14 @@ def describe_settings() -> List[str]:
     for path in settings.settings_files():
         lines.append(f"  {path} ({'present' if path.is_file() else 'absent'})")
     lines.append("settings (bob config set KEY VALUE):")
-    keys = [key for record in MODELS.values() for key in setting_keys(record)] + [model_files.DOWNLOAD_TIMEOUT_KEY]
+    keys = [key for record in MODELS.values() for key in setting_keys(record)] + [
+        model_files.DOWNLOAD_TIMEOUT_KEY,
+        model_files.DEADLINE_KEY,
+        model_files.MIN_RATE_KEY,
+    ]
     for key in keys:
         value = settings.get_setting(key)
-        lines.append(f"  {key} = {value.value!r}  ({value.file})" if value else f"  {key}: not set")
+        lines.append(f"  {key} = {settings.shown(value.value)!r}  ({value.file})" if value else f"  {key}: not set")
     return lines
 
 
