@@ -596,6 +596,7 @@ def _download_into_place(
     record: "PretrainedModel", url: str, target: str, sha256: Optional[str], trust: bool, options: DownloadOptions
 ) -> None:
     folder, name = os.path.split(target)
+    budget = _Budget(options, model_size_cap(record) if options.max_bytes is None else options.max_bytes)
     try:
         descriptor, partial = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".partial")
     except OSError as error:
@@ -603,7 +604,6 @@ def _download_into_place(
             raise _unwritable_error(record, folder, error) from error
         raise _download_error(record, url, f"cannot create a temporary file in {folder}: {error}") from error
     os.close(descriptor)
-    budget = _Budget(options, model_size_cap(record) if options.max_bytes is None else options.max_bytes)
     try:
         logger.info("downloading the %s model from %s to %s", record.title, redact_url(url), target)
         digest = _fetch(url, partial, budget, f"downloading {name}")

@@ -47,7 +47,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, "os.PathLike[str]"]
+PathLike = Union[str, bytes, "os.PathLike[str]"]
 
 #: Source of a path given as the ``model_file`` argument.
 SOURCE_ARGUMENT = "argument"
@@ -104,9 +104,19 @@ def absolute_path(path: PathLike) -> str:
     """``path`` with ``~`` expanded, made absolute against the current folder.
 
     A model path is fixed when it is resolved, so that it names the same file
-    after the process (or a pipeline worker) changes folder.
+    after the process (or a pipeline worker) changes folder. A path given as
+    bytes is decoded as the file system does (:func:`os.fsdecode`).
+
+    Raises
+    ------
+    TypeError
+        If ``path`` is not a str, bytes or os.PathLike.
     """
-    return os.path.abspath(os.path.expanduser(os.fspath(path)))
+    try:
+        text = os.fsdecode(os.fspath(path))
+    except TypeError:
+        raise TypeError(f"a model file must be given as a path (str or os.PathLike), not {type(path).__name__}") from None
+    return os.path.abspath(os.path.expanduser(text))
 
 
 def resolve_model_file(record: "PretrainedModel", model_file: Optional[PathLike] = None) -> ModelLocation:

@@ -17,7 +17,7 @@ import h5py
 import numpy
 import scipy.io.wavfile
 
-from ..atomic import replacing
+from ..atomic import not_regular_file_reason, replacing, temporary_name
 from ..io import utf8_encodable
 from ..preprocessor.audio import DltResNetExtractor
 
@@ -32,6 +32,9 @@ __all__ = [
     "read_wav",
     "embed_inputs",
     "output_format",
+    "output_files",
+    "check_names",
+    "rehearse_output",
     "write_output",
 ]
 
@@ -171,6 +174,11 @@ def collect_inputs(arguments: Iterable[str]) -> Tuple[List[AudioInput], List[Fai
                 continue
             if not utf8_encodable(item.name):
                 problems.append(Failure(repr(os.fsencode(item.path)), "the file name is not UTF-8 text: rename it"))
+                continue
+            if not utf8_encodable(key):
+                problems.append(
+                    Failure(repr(os.fsencode(key)), "a folder of its path is not UTF-8 text: rename the folder")
+                )
                 continue
             by_name[item.name] = key
             inputs.append(item)
@@ -340,6 +348,81 @@ def _write_rows_table(results: Sequence[Embedded], target: Path) -> None:
             writer.writerow([row, name, chunk, source])
 
 
+def output_files(path: PathLike) -> List[Path]:
+    """The files an output writes: ``path``, plus its row table for ``.npy``."""
+    target = Path(path)
+    return [target] + ([rows_table_path(target)] if output_format(target) == "npy" else [])
+
+
+def check_names(items: Sequence[AudioInput], path: PathLike) -> None:
+    """Refuse names that the output at ``path`` cannot hold side by side.
+
+    In HDF5 a name is a dataset and each of its ``/``-separated prefixes a
+    group, so ``sub`` (from ``sub.wav``) and ``sub/x`` (from ``sub/x.wav``)
+    cannot both be stored. CSV and ``.npy`` outputs hold names as text.
+
+    Raises
+    ------
+    InputConflict
+        Naming both inputs.
+    """
+    if output_format(path) != "hdf5":
+        return
+    by_name = {item.name: item for item in items}
+    for item in items:
+        parts = item.name.split("/")
+        for depth in range(1, len(parts)):
+            prefix = "/".join(parts[:depth])
+            if prefix in by_name:
+                raise InputConflict(
+                    f"'{prefix}' would be both a recording and a group of recordings in {path}: "
+                    f"{by_name[prefix].path} and {item.path}; rename one of them, or write a .csv or .npy output"
+                )
+
+
+def rehearse_output(
+    items: Sequence[AudioInput], path: PathLike, attributes: Optional[dict] = None, width: int = 128
+) -> None:
+    """Write the output once with placeholder rows to temporary files, then remove them.
+
+    Every cause of failure of the final :func:`write_output` that is knowable
+    before the embedding (names the format cannot hold, text that cannot be
+    encoded, a target that is not a regular file, a folder that cannot be
+    written) shows here, before hours of work instead of after.
+
+    Raises
+    ------
+    OSError, ValueError, TypeError
+        As :func:`write_output` would, naming the problem.
+    """
+    placeholders = [Embedded(item, numpy.zeros((1, width), numpy.float32), 16000, 16000) for item in items]
+    if not placeholders:
+        return
+    targets = output_files(path)
+    for target in targets:
+        reason = not_regular_file_reason(target)
+        if reason:
+            raise OSError(f"{target} is {reason}")
+    temporaries = [temporary_name(target) for target in targets]
+    try:
+        _write_files(placeholders, temporaries, output_format(path), attributes or {})
+    finally:
+        for temporary in temporaries:
+            if temporary.exists():
+                temporary.unlink()
+
+
+def _write_files(results: Sequence[Embedded], files: Sequence[Path], kind: str, attributes: dict) -> None:
+    if kind == "hdf5":
+        _write_hdf5(results, files[0], attributes)
+    elif kind == "csv":
+        _write_csv(results, files[0])
+    else:
+        with open(files[0], "wb") as handle:
+            numpy.save(handle, numpy.vstack([result.rows for result in results]).astype(numpy.float32))
+        _write_rows_table(results, files[1])
+
+
 def write_output(results: Sequence[Embedded], path: PathLike, attributes: Optional[dict] = None) -> List[Path]:
     """Write the embeddings to ``path`` in the format its suffix names, atomically.
 
@@ -351,8 +434,9 @@ def write_output(results: Sequence[Embedded], path: PathLike, attributes: Option
       each row belongs to.
     * ``.csv``: a header ``name,chunk,e0,...`` and one line per row.
 
-    Every file is written under a temporary name beside its target and
-    renamed into place only once all of them are complete.
+    Every file is written under a temporary name beside its target, flushed
+    and fsynced, and renamed into place only once all of them are complete
+    (see :mod:`bob.learn.pytorch.atomic` for permissions and symbolic links).
 
     Returns
     -------
@@ -366,17 +450,8 @@ def write_output(results: Sequence[Embedded], path: PathLike, attributes: Option
     """
     if not results:
         raise ValueError("no embedding to write")
-    target = Path(path)
-    kind = output_format(target)
-    targets = [target] + ([rows_table_path(target)] if kind == "npy" else [])
+    targets = output_files(path)
     with contextlib.ExitStack() as stack:
         temporaries = [stack.enter_context(replacing(each, what="embeddings")) for each in targets]
-        if kind == "hdf5":
-            _write_hdf5(results, temporaries[0], attributes or {})
-        elif kind == "csv":
-            _write_csv(results, temporaries[0])
-        else:
-            with open(temporaries[0], "wb") as handle:
-                numpy.save(handle, numpy.vstack([result.rows for result in results]).astype(numpy.float32))
-            _write_rows_table(results, temporaries[1])
+        _write_files(results, temporaries, output_format(path), attributes or {})
     return targets

@@ -18,7 +18,7 @@ import click
 import torch
 from clapper.click import AliasedGroup, verbosity_option
 
-from .. import model_files, settings
+from .. import atomic, devices, model_files, settings
 from ..errors import CheckpointError, ModelDownloadError, SettingsError
 from ..preprocessor.audio import DltResNetExtractor, ResNetExtractor, fast
 from ..preprocessor.audio.embedding import MIN_FRAMES
@@ -88,11 +88,18 @@ def load_extractor(
 
 
 def parse_device(device: str) -> torch.device:
-    """``--device`` as a torch device; a usage error (exit status 2) when torch does not know it."""
+    """``--device`` as a torch device, checked before any work.
+
+    A usage error (exit status 2) when torch does not know it or it can never
+    compute embeddings (``meta``, ``cpu:1``); a one-line error (exit status 1)
+    when this machine cannot reach it (``cuda`` without a GPU, ``mps`` off a Mac).
+    """
     try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as error:
+        return devices.check_device(device)
+    except ValueError as error:
         raise click.BadParameter(_one_line(error), param_hint="'--device'") from None
+    except RuntimeError as error:
+        raise ModelUnavailable(f"cannot load the model on device '{device}': {_one_line(error)}") from None
 
 
 def check_backend(backend: str) -> str:
@@ -262,6 +269,7 @@ def extract_audio(
     try:
         extraction.output_format(output)
         items, problems = extraction.collect_inputs(inputs)
+        extraction.check_names(items, output)
     except ValueError as error:  # unknown output suffix or two recordings with one name
         raise click.UsageError(_one_line(error)) from None
     report_failures(problems)
@@ -269,11 +277,33 @@ def extract_audio(
         raise click.ClickException("no recording to embed")
     parse_device(device)
     check_backend(backend)
-    check_output_folder(output)
+    created = check_output_folder(output)
+    try:
+        _extract_and_write(items, problems, output, model_file, use_res, device, trust_checkpoint, backend,
+                           chunk_length, batch_size, quiet)
+    except BaseException:
+        atomic.remove_empty_folders(created)  # a failed run leaves no folder it made
+        raise
+
+
+def _extract_and_write(
+    items: Sequence[extraction.AudioInput],
+    problems: Sequence[extraction.Failure],
+    output: str,
+    model_file: Optional[str],
+    use_res: bool,
+    device: str,
+    trust_checkpoint: bool,
+    backend: str,
+    chunk_length: int,
+    batch_size: int,
+    quiet: bool,
+) -> None:
     extractor = load_extractor(model_file, use_res, device, trust_checkpoint, backend)
+    attributes = _output_attributes(extractor, chunk_length)
+    rehearse_output(items, output, attributes, extractor.bn_dim)
     results, failures = run_extraction(extractor, items, chunk_length, batch_size, show_progress=_interactive(quiet))
     if results:
-        attributes = _output_attributes(extractor, chunk_length)
         try:
             written = extraction.write_output(results, output, attributes)
         except (OSError, ValueError) as error:
@@ -288,21 +318,36 @@ def extract_audio(
         raise click.ClickException(f"{failed} of {failed + len(results)} inputs failed ({kept})")
 
 
-def check_output_folder(output: str) -> None:
-    """Create the output's folder and check that it is writable, before any work is done."""
+def rehearse_output(items: Sequence[extraction.AudioInput], output: str, attributes: dict, width: int) -> None:
+    """Stop before any work if the final write would fail (see :func:`extract.rehearse_output`)."""
+    try:
+        extraction.rehearse_output(items, output, attributes, width)
+    except (OSError, ValueError, TypeError) as error:  # UnicodeEncodeError is a ValueError
+        raise click.ClickException(f"cannot write {output}: {_one_line(error)} (nothing was embedded)") from None
+
+
+def check_output_folder(output: str) -> List[str]:
+    """Create the output's folder and check that it is writable, before any work is done.
+
+    Returns the folders created, for :func:`~bob.learn.pytorch.atomic.remove_empty_folders`.
+    """
     folder = os.path.dirname(os.path.abspath(output))
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise click.ClickException(f"cannot write {output}: {folder} is a file, not a folder")
     try:
-        os.makedirs(folder, exist_ok=True)
+        created = atomic.make_folders(folder)
     except OSError as error:
         raise click.ClickException(f"cannot create the output folder {folder}: {error.strerror}") from None
     if not os.access(folder, os.W_OK | os.X_OK):
+        atomic.remove_empty_folders(created)
         raise click.ClickException(f"cannot write to the output folder {folder}")
-    if extraction.output_format(output) == "npy":
-        table = extraction.rows_table_path(output)
-        if os.path.isdir(table):
-            raise click.ClickException(f"cannot write {output}: its row table {table} is a folder")
+    for target in extraction.output_files(output):
+        reason = atomic.not_regular_file_reason(target)
+        if reason:
+            atomic.remove_empty_folders(created)
+            which = "it" if str(target) == output else f"its row table {target}"
+            raise click.ClickException(f"cannot write {output}: {which} is {reason}")
+    return created
 
 
 def _interactive(quiet: bool) -> bool:

@@ -19,6 +19,7 @@ import torch
 from ... import io
 from ...bob_imports import Preprocessor
 from ...checkpoint import clean_state_dict, load_state_dict_strictly, read_checkpoint
+from ...devices import check_device
 from ...model_files import ensure_model_file
 from .embedding import MIN_FRAMES, as_list, check_specs, embed_chunks, embed_spectrogram, whole_number
 from .fast import FastForward, supports_fast_path
@@ -152,7 +153,7 @@ class DltResNetExtractor(Preprocessor):
         self.use_res = use_res
         self.trust_checkpoint = trust_checkpoint
         self.device = _select_device(device, cuda_flag)
-        _require_cuda_device(self.device)
+        check_device(self.device)
         self.pretrained: PretrainedModel = RESNET34_VOXCELEB if use_res else DLTRESNET34_VOXCELEB
         self._lock = threading.Lock()
         self._network: Optional[torch.nn.Module] = None
