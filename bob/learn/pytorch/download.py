@@ -41,6 +41,7 @@ import requests
 import torch
 import urllib3
 
+from .atomic import not_regular_file_reason
 from .checkpoint import clean_state_dict, read_checkpoint
 from .errors import CheckpointError, ModelDownloadError
 from .settings import redact_url
@@ -653,12 +654,16 @@ def download_model(
     Raises
     ------
     ModelDownloadError
-        If the folder cannot be written, or the download or its validation fails. Nothing
+        If the folder cannot be written, ``target`` is not a regular file (a device,
+        a FIFO: never replaced), or the download or its validation fails. Nothing
         is left in the folder in that case.
     """
     url = record.url if url is None else url
     options = DownloadOptions() if options is None else options
     target = os.path.abspath(target)
+    reason = not_regular_file_reason(target)
+    if reason:
+        raise ModelDownloadError(f"will not download the {record.title} model onto {target}: it is {reason}")
     folder = os.path.dirname(target)
     _prepare_folder(record, folder)
     lock_path = target + ".lock"

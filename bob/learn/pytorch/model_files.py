@@ -18,6 +18,7 @@ import re
 import urllib.parse
 from typing import TYPE_CHECKING, Any, List, NamedTuple, Optional, Sequence, Union
 
+from .atomic import not_regular_file_reason
 from .download import DEADLINE_KEY, MAX_SECONDS, MIN_RATE_KEY, DownloadOptions, download_model
 from .errors import SettingsError
 from .settings import SettingValue, get_setting, redact_url
@@ -278,6 +279,11 @@ def ensure_model_file(
     FileNotFoundError
         If an explicit ``model_file`` does not exist, or the file is missing and
         ``download`` is False.
+    IsADirectoryError
+        If the path names a folder.
+    OSError
+        If the path names something other than a regular file (a device, a
+        FIFO, a socket): "not a regular file". It is never read, written or replaced.
     ModelDownloadError
         If the file is missing and cannot be downloaded or written; nothing is left behind.
     SettingsError
@@ -289,6 +295,12 @@ def ensure_model_file(
     if os.path.isdir(location.path):
         raise IsADirectoryError(
             f"{record.title} model file {location.path} (from the {location.source}) is a folder, not a file"
+        )
+    reason = not_regular_file_reason(location.path)
+    if reason:  # never read (it may never end), written or replaced (as root that would destroy a device)
+        raise OSError(
+            f"{record.title} model file {location.path} (from the {location.source}) is {reason}; "
+            f"point it to the model file with 'bob config set {record.path_key} /path/to/model.pth.tar'",
         )
     if location.source == SOURCE_ARGUMENT:
         raise FileNotFoundError(f"{record.title} model file {location.path} (the model_file argument) does not exist")

@@ -99,27 +99,98 @@ def _name_from_relative(relative: str) -> str:
     return "/".join(parts[:-1] + [stem])
 
 
-def _wav_files_under(folder: Path) -> List[Path]:
-    return sorted(path for path in folder.rglob("*") if path.suffix.lower() == ".wav" and path.is_file())
+def _is_wav(name: str) -> bool:
+    return name.lower().endswith(".wav")
+
+
+def _wav_files_under(folder: Path) -> Tuple[List[Path], List[Failure]]:
+    """The ``.wav`` entries under ``folder``, in sorted order, following symbolic links to folders.
+
+    A folder reached a second time (a link loop, or two links to one folder)
+    is searched once, with a warning; a sub-folder that cannot be read, and a
+    ``.wav`` entry that is not a regular file (a FIFO, a device, a broken
+    link), is reported.
+    """
+    found: List[Path] = []
+    problems: List[Failure] = []
+    seen = {}
+
+    def walk(current: Path) -> None:
+        try:
+            identity = (current.stat().st_dev, current.stat().st_ino)
+            entries = sorted(os.scandir(current), key=lambda entry: entry.name)
+        except OSError as error:
+            problems.append(Failure(str(current), f"cannot read folder: {error.strerror or error}"))
+            return
+        if identity in seen:
+            logger.warning("%s is %s again (a symbolic link loop or a second link): searched once", current, seen[identity])
+            return
+        seen[identity] = current
+        for entry in entries:
+            path = current / entry.name
+            if entry.is_dir():  # follows symbolic links
+                walk(path)
+            elif _is_wav(entry.name):
+                reason = not_regular_file_reason(path) if os.path.exists(path) else "a broken symbolic link"
+                if reason:
+                    problems.append(Failure(str(path), f"{reason}: skipped"))
+                else:
+                    found.append(path)
+
+    walk(folder)
+    return found, problems
+
+
+def _list_entry(line: str) -> str:
+    r"""The path a list-file line names: ``""`` for a blank line or a comment.
+
+    Whitespace around the path is dropped; ``#`` at the start of a line or
+    after whitespace starts a comment; ``\#``, ``\ `` and ``\\`` stand for
+    ``#``, a space (kept even at either end) and a backslash.
+
+    >>> [_list_entry(line) for line in ["  a b.wav  ", "# note", "x.wav # note", "take#2.wav", r"\ lead.wav", r"\#1.wav"]]
+    ['a b.wav', '', 'x.wav', 'take#2.wav', ' lead.wav', '#1.wav']
+    """
+    chars: List[Tuple[str, bool]] = []  # (character, escaped)
+    index = 0
+    while index < len(line):
+        char = line[index]
+        if char == "\\" and line[index + 1 : index + 2] in ("#", " ", "\\"):
+            chars.append((line[index + 1], True))
+            index += 2
+            continue
+        after_space = not chars or (chars[-1][0].isspace() and not chars[-1][1])
+        if char == "#" and after_space:
+            break
+        chars.append((char, False))
+        index += 1
+    start, stop = 0, len(chars)
+    while start < stop and chars[start][0].isspace() and not chars[start][1]:
+        start += 1
+    while stop > start and chars[stop - 1][0].isspace() and not chars[stop - 1][1]:
+        stop -= 1
+    return "".join(char for char, _ in chars[start:stop])
 
 
 def _entries_of_list(list_file: Path) -> List[str]:
-    """Non-blank lines of a list file, without ``#`` comments."""
-    text = list_file.read_text(encoding="utf-8")
-    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
-    return [line for line in lines if line]
+    """The paths a list file names (see :func:`_list_entry`); a UTF-8 byte-order mark is ignored."""
+    text = list_file.read_text(encoding="utf-8-sig")
+    entries = (_list_entry(line) for line in text.splitlines())
+    return [entry for entry in entries if entry]
 
 
 def _expand(argument: str) -> Tuple[List[AudioInput], List[Failure]]:
     path = Path(argument)
     if path.is_dir():
-        found = [AudioInput(_name_from_relative(str(wav.relative_to(path))), wav) for wav in _wav_files_under(path)]
-        if not found:
+        wavs, problems = _wav_files_under(path)
+        found = [AudioInput(_name_from_relative(str(wav.relative_to(path))), wav) for wav in wavs]
+        if not found and not problems:
             return [], [Failure(argument, "folder holds no .wav file")]
-        return found, []
+        return found, problems
     if path.suffix.lower() in LIST_SUFFIXES:
         if not path.is_file():
-            return [], [Failure(argument, "no such list file")]
+            reason = not_regular_file_reason(path)
+            return [], [Failure(argument, f"list file is {reason}" if reason else "no such list file")]
         try:
             entries = _entries_of_list(path)
         except (OSError, UnicodeDecodeError) as error:
@@ -191,15 +262,23 @@ def read_wav(path: PathLike) -> Tuple[int, numpy.ndarray]:
     Raises
     ------
     FileNotFoundError
-        If there is no such file.
+        If there is no such file (or a folder, or a broken link).
     ValueError
-        If the file is not a WAV file scipy can read. scipy's parser meets a
+        If the path is not a regular file (a FIFO, a device, a socket: never
+        opened, since reading one may never end), or the file is not a WAV
+        file scipy can read. scipy's parser meets a
         damaged header with whatever error it runs into (``struct.error``,
         ``ZeroDivisionError``, ``UnboundLocalError``...); all become this one.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError("no such file" if not os.path.isdir(path) else "a folder, not a WAV file")
+        if not os.path.lexists(path):
+            raise FileNotFoundError("no such file")
+        if not os.path.exists(path):
+            raise FileNotFoundError("a broken symbolic link")
+        if os.path.isdir(path):
+            raise FileNotFoundError("a folder, not a WAV file")
+        raise ValueError(f"{not_regular_file_reason(path)}; give WAV files as regular files")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", scipy.io.wavfile.WavFileWarning)

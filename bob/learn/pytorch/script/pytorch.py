@@ -35,6 +35,7 @@ MODEL_ERRORS = (
     FileNotFoundError,
     IsADirectoryError,
     PermissionError,
+    OSError,  # a model path that is not a regular file
 )
 #: The released models by the names the commands accept.
 MODELS = {"drn34": DLTRESNET34_VOXCELEB, "rn34": RESNET34_VOXCELEB}
@@ -456,6 +457,8 @@ def describe_model(entry: "model_files.ModelFileInfo") -> List[str]:
         state = "present"
     elif os.path.isdir(entry.path):
         state = "a folder, not a file: point the setting to the model file"
+    elif atomic.not_regular_file_reason(entry.path):
+        state = f"{atomic.not_regular_file_reason(entry.path)}: point the setting to the model file"
     else:
         state = "missing: downloaded on first use"
     flag = "--use-res" if record is RESNET34_VOXCELEB else "default"
