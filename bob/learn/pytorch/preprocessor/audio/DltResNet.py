@@ -23,7 +23,7 @@ from ...devices import check_device
 from ...model_files import ensure_model_file
 from .embedding import MIN_FRAMES, as_list, check_specs, embed_chunks, embed_spectrogram, whole_number
 from .fast import FastForward, supports_fast_path
-from .frontend import TARGET_RATE, frame_geometry, mono_samples, prepare_signal, spectrogram, unpack_audio
+from .frontend import TARGET_RATE, frame_geometry, mono_samples, prepare_signal, spectrogram, unpack_audio, warn_if_silent
 from .streaming import STREAMING_MIN_FRAMES, SignalSpectrogram, SpectrogramArray, embed_long, signal_source
 from .weights import DLTRESNET34_VOXCELEB, RESNET34_VOXCELEB, PretrainedModel
 
@@ -321,6 +321,7 @@ class DltResNetExtractor(Preprocessor):
         record = self.pretrained
         source = signal_source(audio, record.win_length_ms, record.win_shift_ms, record.pre_emphasis_coeff)
         _require_minimum_length(source.n_samples)
+        warn_if_silent(source.samples, source.scale)
         return source
 
     def _whole_spectrogram(self, audio: Any) -> numpy.ndarray:
@@ -331,6 +332,7 @@ class DltResNetExtractor(Preprocessor):
         """The float64 ``(T, 257)`` spectrogram of ``(rate, samples)``, checked to be long enough."""
         signal = prepare_signal(audio)
         _require_minimum_length(len(signal))
+        warn_if_silent(signal)
         record = self.pretrained
         return spectrogram(
             signal, TARGET_RATE, record.win_length_ms, record.win_shift_ms, record.pre_emphasis_coeff, True
