@@ -29,7 +29,9 @@ import logging
 import math
 import os
 import sys
+import socket
 import tempfile
+import threading
 import time
 import urllib.parse
 import zlib
@@ -410,6 +412,69 @@ class _Pace:
         self.since, self.base = now, received
 
 
+class _Watchdog:
+    """Shut the sockets of a download down when its deadline passes, waking any read that waits.
+
+    Socket timeouts bound each wait, not their sum: a server can keep a read
+    (of the headers, say) alive forever by sending a byte now and then. A
+    timer that shuts the connection down at the deadline ends any such read.
+    """
+
+    def __init__(self) -> None:
+        self._sockets: List[socket.socket] = []
+        self._guard = threading.Lock()
+        self.fired = False
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._guard:
+            self._sockets.append(sock)
+            if self.fired:
+                _shut(sock)
+
+    def fire(self) -> None:
+        with self._guard:
+            self.fired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def session(self) -> requests.Session:
+        """A session whose connections are watched."""
+        session = requests.Session()
+        for prefix in ("http://", "https://"):
+            adapter = requests.adapters.HTTPAdapter()
+            adapter.poolmanager.pool_classes_by_scheme = _watched_pools(self)
+            session.mount(prefix, adapter)
+        return session
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already closed
+        pass
+
+
+def _watched_pools(watchdog: _Watchdog) -> dict:
+    """urllib3 pool classes whose new sockets are handed to ``watchdog`` before any byte is exchanged."""
+
+    def watched(connection_class: type) -> type:
+        class Watched(connection_class):  # type: ignore[misc, valid-type]
+            def _new_conn(self) -> socket.socket:
+                sock = super()._new_conn()
+                watchdog.watch(sock)
+                return sock
+
+        return Watched
+
+    class Pool(urllib3.HTTPConnectionPool):
+        ConnectionCls = watched(urllib3.connection.HTTPConnection)
+
+    class SecurePool(urllib3.HTTPSConnectionPool):
+        ConnectionCls = watched(urllib3.connection.HTTPSConnection)
+
+    return {"http": Pool, "https": SecurePool}
+
+
 def _limit_wait(response: requests.Response, seconds: float) -> None:
     """Let the next read of ``response`` wait at most ``seconds`` (the time left to the deadline)."""
     connection = getattr(response.raw, "connection", None)
@@ -497,20 +562,34 @@ def _fetch_once(session: requests.Session, url: str, partial: str, budget: _Budg
 
 def _fetch(url: str, partial: str, budget: _Budget, label: str) -> str:
     """Download with retries within ``budget``; return the sha256 of the file written to ``partial``."""
+    watchdog = _Watchdog()
+    timer = threading.Timer(budget.remaining(), watchdog.fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        with watchdog.session() as session:
+            return _attempts(session, url, partial, budget, label)
+    finally:
+        timer.cancel()
+
+
+def _attempts(session: requests.Session, url: str, partial: str, budget: _Budget, label: str) -> str:
     options = budget.options
-    with requests.Session() as session:
-        for attempt in range(1, options.attempts + 1):
-            try:
-                return _fetch_once(session, url, partial, budget, label)
-            except _Retryable as problem:
-                if attempt == options.attempts:
-                    raise _Failure(f"{problem} (gave up after {attempt} attempts)") from problem
-                delay = min(options.backoff * 2 ** (attempt - 1), budget.remaining())
-                logger.warning(
-                    "downloading %s failed (%s); retrying in %.1f s (attempt %d of %d)",
-                    redact_url(url), _scrub(str(problem), url), delay, attempt + 1, options.attempts,
-                )
-                time.sleep(delay)
+    for attempt in range(1, options.attempts + 1):
+        try:
+            digest = _fetch_once(session, url, partial, budget, label)
+            budget.remaining(os.path.getsize(partial))  # a body ended by the watchdog is not complete
+            return digest
+        except _Retryable as problem:
+            budget.remaining()  # past the deadline, that is the cause to report
+            if attempt == options.attempts:
+                raise _Failure(f"{problem} (gave up after {attempt} attempts)") from problem
+            delay = min(options.backoff * 2 ** (attempt - 1), budget.remaining())
+            logger.warning(
+                "downloading %s failed (%s); retrying in %.1f s (attempt %d of %d)",
+                redact_url(url), _scrub(str(problem), url), delay, attempt + 1, options.attempts,
+            )
+            time.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
 
 

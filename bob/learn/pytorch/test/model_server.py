@@ -13,7 +13,7 @@ from typing import Deque, Dict, List, Tuple
 #: What the server does for one request.
 MODES = (
     "ok", "404", "500", "truncated", "html", "garbage", "slow", "trickle", "no_length",
-    "drip", "endless", "gzip", "gzip_bomb", "huge_length",
+    "drip", "endless", "gzip", "gzip_bomb", "huge_length", "drip_headers", "stall_no_length",
 )
 
 
@@ -119,6 +119,15 @@ def _handler_for(server: ModelServer):
             elif mode == "drip":  # one byte every 20 ms, until the client gives up or the server stops
                 self._headers(200, len(body), "application/octet-stream")
                 self._until_stopped(lambda index: body[index % len(body) : index % len(body) + 1], 0.02)
+            elif mode == "drip_headers":  # a header line without end, one byte every 20 ms
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Padding: ")
+                self._until_stopped(lambda index: b"x", 0.02)
+            elif mode == "stall_no_length":  # a body ended by closing the connection: a start, then nothing
+                self._headers(200, None, "application/octet-stream")
+                self.wfile.write(body[:1000])
+                self.wfile.flush()
+                server._stop.wait()
+                self.close_connection = True
             elif mode == "endless":  # zeros without end, as fast as the client takes them
                 self._headers(200, None, "application/octet-stream")
                 self._until_stopped(lambda index: bytes(1 << 16), 0)

@@ -167,6 +167,7 @@ def cases(tmp_path: Path, drn_file: Path, home: Path, server, monkeypatch) -> di
     folder.mkdir()
     return {
         "download from a server sending one byte": lambda: _deadline_through_settings(home, server, folder),
+        "download from a server sending its headers": lambda: _download(server, folder, "drip_headers", deadline=0.5),
         "download slower than": lambda: _download(server, folder, "drip", min_rate=1e9, rate_window=0.2),
         "download with a body without end": lambda: _download(server, folder, "endless", max_bytes=1 << 20),
         "compressed body that expands": lambda: _download(server, folder, "gzip_bomb", max_bytes=1 << 20),

@@ -355,6 +355,20 @@ def test_a_server_sending_a_byte_at_a_time_meets_the_deadline(server, folder):
     assert server.requests == [("drn34.pth.tar", "drip")]  # a deadline is not retried
 
 
+def test_a_server_dripping_its_headers_meets_the_deadline(server, folder):
+    """The headers come a byte at a time, each within the read timeout: the deadline ends the wait all the same."""
+    message = fail(server, folder, "drip_headers", options=bounded(deadline=0.5, min_rate=0, attempts=1))
+    assert "did not finish within its deadline of 0.5 s" in message
+    assert server.requests == [("drn34.pth.tar", "drip_headers")]
+
+
+def test_a_body_without_length_cut_by_the_deadline_is_not_taken_as_complete(server, folder):
+    """The server stalls within the read timeout; the watchdog's shutdown looks like the end of the body."""
+    message = fail(server, folder, "stall_no_length", options=bounded(deadline=0.5, read_timeout=5.0, attempts=1))
+    assert "did not finish within its deadline of 0.5 s (1000 bytes received)" in message
+    assert "not a usable checkpoint" not in message
+
+
 def test_the_deadline_covers_the_retries_and_their_waits(server, folder):
     """Server errors retried after waits of 0.4 s, 0.8 s, ...: the deadline of 0.5 s ends it, not the attempts."""
     message = fail(server, folder, *["500"] * 5, options=bounded(deadline=0.5, attempts=5, backoff=0.4))
