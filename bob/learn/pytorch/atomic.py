@@ -55,6 +55,10 @@ def not_regular_file_reason(path: PathLike) -> str:
         mode = os.stat(path).st_mode
     except (FileNotFoundError, NotADirectoryError):
         return ""
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "not a regular file (a loop of symbolic links)"
+        raise
     if stat.S_ISREG(mode):
         return ""
     if stat.S_ISDIR(mode):

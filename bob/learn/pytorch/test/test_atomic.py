@@ -156,3 +156,10 @@ def test_not_regular_file_reason_follows_links(work):
     assert atomic.not_regular_file_reason(work / "missing") == ""
     (work / "link").symlink_to("/dev/null")
     assert atomic.not_regular_file_reason(work / "link") == "not a regular file (a character device)"
+
+
+def test_a_loop_of_links_is_named(work):
+    (work / "a.h5").symlink_to(work / "b.h5")
+    (work / "b.h5").symlink_to(work / "a.h5")
+    with pytest.raises(OSError, match=r"a.h5: not a regular file \(a loop of symbolic links\)"):
+        write(work / "a.h5", "x")
