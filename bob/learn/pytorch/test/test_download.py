@@ -460,7 +460,7 @@ def test_durations_that_would_break_the_socket_layer_are_refused(kwargs):
 def test_credentials_in_the_address_never_appear_in_messages_or_logs(server, folder, caplog):
     url = server.url("drn34.pth.tar").replace("http://", "http://alice:s3cr%40t@")
     server.then("500", "404")
-    with caplog.at_level(logging.DEBUG):
+    with caplog.at_level(logging.DEBUG, logger="bob.learn.pytorch"):  # the commands set it to ERROR
         with pytest.raises(ModelDownloadError) as caught:
             download_model(DRN, str(folder / "drn34.pth.tar"), url, options=FAST)
     message = str(caught.value)

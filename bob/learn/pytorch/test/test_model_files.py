@@ -445,7 +445,7 @@ def test_credentials_of_a_url_setting_stay_out_of_messages_and_logs(isolated_set
     write_toml(isolated_settings, f'{AUDIO}drn_url = "{url}"\n')
     import logging
 
-    with caplog.at_level(logging.DEBUG):
+    with caplog.at_level(logging.DEBUG, logger="bob.learn.pytorch"):  # the commands set it to ERROR
         with pytest.raises(ModelDownloadError) as caught:
             ensure_model_file(DRN, options=FAST)
         [info] = describe_model_files([DRN])
