@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import clapper.logging
@@ -327,7 +328,7 @@ def rehearse_output(items: Sequence[extraction.AudioInput], output: str, attribu
         raise click.ClickException(f"cannot write {output}: {_one_line(error)} (nothing was embedded)") from None
 
 
-def check_output_folder(output: str) -> List[str]:
+def check_output_folder(output: str) -> List[Path]:
     """Create the output's folder and check that it is writable, before any work is done.
 
     Returns the folders created, for :func:`~bob.learn.pytorch.atomic.remove_empty_folders`.
