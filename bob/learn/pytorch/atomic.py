@@ -1,21 +1,165 @@
-"""Writing files so that a half-written one is never seen."""
+"""Writing files so that a half-written one is never seen.
+
+Conventions of :func:`replacing`, shared by every file the package writes
+(embeddings, command-line outputs):
+
+- the new content goes to a hidden temporary file beside the target,
+  ``.<name>.<host>.<pid>.<random>.partial``, flushed and fsynced before it is
+  renamed onto the target in one step (and the folder is fsynced after);
+- an existing target keeps its permission bits (a 0600 file stays 0600);
+- a target that is a symbolic link stays a link: the file it points to is
+  replaced (a dangling link gets its file created);
+- a target that is not a regular file (a folder, a FIFO, a device, a
+  socket) is never written to or replaced;
+- temporary files left beside the same target by a process of this machine
+  that no longer runs (killed) are removed;
+- folders created for the target are removed again if the write fails.
+"""
+import errno
 import os
+import re
+import socket
+import stat
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, List, Union
 
-__all__ = ["replacing"]
+__all__ = ["replacing", "temporary_name", "make_folders", "remove_empty_folders", "not_regular_file_reason"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+
+
+def temporary_name(path: PathLike) -> Path:
+    """A new temporary file name beside ``path``: ``.<name>.<host>.<pid>.<random>.partial``.
+
+    Left behind by a killed process, it is removed by the next :func:`replacing` of ``path``.
+    """
+    path = Path(path)
+    return path.with_name(f".{path.name}.{_host()}.{os.getpid()}.{uuid.uuid4().hex}.partial")
+
+
+def not_regular_file_reason(path: PathLike) -> str:
+    """Why ``path`` cannot be replaced by a file: ``""`` when it can (a regular file, or nothing yet).
+
+    Symbolic links are followed.
+
+    >>> not_regular_file_reason("/dev/null")
+    'not a regular file (a character device)'
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return ""
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "not a regular file (a loop of symbolic links)"
+        raise
+    if stat.S_ISREG(mode):
+        return ""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    kinds = {
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+        stat.S_ISFIFO: "a FIFO (named pipe)",
+        stat.S_ISSOCK: "a socket",
+    }
+    kind = next((name for test, name in kinds.items() if test(mode)), "a special file")
+    return f"not a regular file ({kind})"
+
+
+def make_folders(folder: PathLike) -> List[Path]:
+    """Create ``folder`` and its missing parents; return those created, deepest last."""
+    folder = Path(os.path.abspath(folder))
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    created = []
+    for each in reversed(missing):
+        try:
+            each.mkdir()
+        except FileExistsError:  # made meanwhile by another process: not ours to remove
+            continue
+        created.append(each)
+    return created
+
+
+def remove_empty_folders(folders: List[Path]) -> None:
+    """Remove the folders of ``folders`` (as :func:`make_folders` returns them) that are still empty."""
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (something else was written there), or gone
+            return
+
+
+def _stale_partials(path: Path) -> Iterator[Path]:
+    """Temporary files of ``path`` left by processes of this machine that no longer run."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.[0-9a-f]{{32}}\.partial")
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match and match["host"] == _host() and not _running(int(match["pid"])):
+            yield path.parent / name
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a process of another user
+        return True
+    return True
+
+
+def _remove_stale_partials(path: Path) -> None:
+    for stale in _stale_partials(path):
+        try:
+            stale.unlink()
+        except OSError:  # removed meanwhile, or not ours to remove
+            pass
+
+
+def _fsync(path: Path, directory: bool = False) -> None:
+    descriptor = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(descriptor)
+    except OSError as error:  # some file systems cannot sync a folder
+        if not directory or error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(descriptor)
+
+
+def _target_of(path: Path) -> Path:
+    """``path``, or the file it points to when it is a symbolic link (which is kept)."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def _refuse(error_class: type, code: int, what: str, path: Path, reason: str) -> OSError:
+    return error_class(code, f"cannot write {what} to {path}: {reason}", str(path))
 
 
 @contextmanager
-def replacing(path: Union[str, "os.PathLike[str]"], what: str = "a file") -> Iterator[Path]:
+def replacing(path: PathLike, what: str = "a file") -> Iterator[Path]:
     """Yield a new empty file beside ``path``; move it onto ``path`` when the block succeeds.
 
-    Missing parent folders are created. The temporary file
-    (``.<name>.<random>.partial``) gets the permissions of any new file
-    (``0o666`` less the umask). If the block raises, or is interrupted, the
-    temporary file is removed and a previous file at ``path`` stays untouched.
+    See the module's conventions: missing folders are created (and removed
+    again on failure), an existing file keeps its permission bits, a symbolic
+    link keeps pointing to the new file, a folder or special file is never
+    touched. A new file gets the permissions of any new file (``0o666`` less
+    the umask). If the block raises, or is interrupted, the temporary file is
+    removed and a previous file at ``path`` stays untouched.
 
     Parameters
     ----------
@@ -28,7 +172,8 @@ def replacing(path: Union[str, "os.PathLike[str]"], what: str = "a file") -> Ite
     ------
     OSError
         ``cannot write <what> to <path>: <reason>`` when the folder cannot be
-        made or written.
+        made or written, or ``path`` is not a regular file (a folder:
+        IsADirectoryError).
 
     Examples
     --------
@@ -39,17 +184,37 @@ def replacing(path: Union[str, "os.PathLike[str]"], what: str = "a file") -> Ite
     >>> target.read_text()
     'done'
     """
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    path = _target_of(Path(path))
+    reason = not_regular_file_reason(path)
+    if reason:
+        error_class = IsADirectoryError if path.is_dir() else OSError
+        raise _refuse(error_class, errno.EISDIR if path.is_dir() else errno.EINVAL, what, path, reason)
+    temporary = temporary_name(path)
+    created: List[Path] = []
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        created = make_folders(path.parent)
+        _remove_stale_partials(path)
         open(temporary, "xb").close()
     except OSError as error:
-        reason = error.strerror or str(error)
-        raise type(error)(error.errno, f"cannot write {what} to {path}: {reason}", str(path.parent)) from None
+        remove_empty_folders(created)
+        raise _refuse(type(error), error.errno or 0, what, path, error.strerror or str(error)) from None
     try:
         yield temporary
+        _keep_mode(path, temporary)
+        _fsync(temporary)
         os.replace(temporary, path)
-    finally:
+        _fsync(path.parent, directory=True)
+    except BaseException:
         if temporary.exists():
             temporary.unlink()
+        remove_empty_folders(created)
+        raise
+
+
+def _keep_mode(path: Path, temporary: Path) -> None:
+    """Give ``temporary`` the permission bits of the file it replaces, if any."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return
+    os.chmod(temporary, mode)

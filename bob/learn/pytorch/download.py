@@ -4,7 +4,13 @@ The file is streamed with ``requests`` into a unique temporary file beside the
 target, checked (size against ``Content-Length``, sha256 when one is known,
 and a safe load showing exactly the parameter names the network expects),
 then renamed into place atomically. Connection errors, timeouts and 5xx
-answers are retried a few times with exponential backoff. A lock file beside
+answers are retried a few times with exponential backoff.
+
+Every download is bounded, whatever the server does: an overall deadline
+(retries included), a minimum rate over each window of time, and a cap on the
+bytes written (a multiple of the size of the model's weights). A compressed
+body is expanded piece by piece, and the cap counts the expanded bytes. The
+user name and password of an address never appear in messages or logs. A lock file beside
 the target makes concurrent processes (e.g. dask workers) download only once:
 the others wait, then find the finished file. Temporary files left by a
 download that was killed are removed by the next one.
@@ -20,23 +26,39 @@ import functools
 import glob
 import hashlib
 import logging
+import math
 import os
 import sys
+import socket
 import tempfile
+import threading
 import time
+import urllib.parse
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Iterator, List, Optional, Set
+from typing import IO, TYPE_CHECKING, Callable, Iterator, List, Optional, Set, Tuple
 
 import requests
 import torch
+import urllib3
 
+from .atomic import not_regular_file_reason
 from .checkpoint import clean_state_dict, read_checkpoint
 from .errors import CheckpointError, ModelDownloadError
 from .pretrained import PretrainedNetwork
+from .settings import redact_url
 
 
-__all__ = ["DownloadOptions", "download_model", "file_lock", "expected_parameter_names"]
+__all__ = [
+    "DownloadOptions",
+    "DEADLINE_KEY",
+    "MIN_RATE_KEY",
+    "download_model",
+    "file_lock",
+    "expected_parameter_names",
+    "model_size_cap",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +66,20 @@ logger = logging.getLogger(__name__)
 _UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
+#: User setting: seconds a whole download may take, retries included.
+DEADLINE_KEY = "bob.learn.pytorch.extractor.audio.download_deadline"
+#: User setting: the slowest acceptable download, in kilobytes (1000 bytes) per second.
+MIN_RATE_KEY = "bob.learn.pytorch.extractor.audio.download_min_rate"
+#: Largest number of seconds accepted for a timeout or a deadline (about 11.6 days): larger
+#: values (``inf``, ``1e300``) overflow the socket layer instead of meaning "wait forever".
+MAX_SECONDS = 1e6
+#: The bytes accepted from a server, as a multiple of the size of the model's weights.
+SIZE_CAP_FACTOR = 4
+
+
 @dataclass(frozen=True)
 class DownloadOptions:
-    """How patiently to download.
+    """How patiently to download, and how much.
 
     Attributes
     ----------
@@ -63,6 +96,17 @@ class DownloadOptions:
     progress : bool or None
         Draw a progress bar on standard error; None draws it only when standard
         error is a terminal. Without a bar, progress goes to the log.
+    deadline : float
+        Seconds the whole download may take, retries and waits included
+        (setting ``...download_deadline``).
+    min_rate : float
+        Slowest acceptable rate in bytes per second, averaged over each
+        ``rate_window``; 0 accepts any rate (setting ``...download_min_rate``, in kB/s).
+    rate_window : float
+        Seconds over which the rate is averaged.
+    max_bytes : int or None
+        Most bytes written before the download is refused; None: :data:`SIZE_CAP_FACTOR`
+        times the size of the model's weights.
     """
 
     connect_timeout: float = 10.0
@@ -71,14 +115,46 @@ class DownloadOptions:
     backoff: float = 1.0
     chunk_size: int = 1 << 20
     progress: Optional[bool] = None
+    deadline: float = 3600.0
+    min_rate: float = 20_000.0
+    rate_window: float = 60.0
+    max_bytes: Optional[int] = None
 
     def __post_init__(self) -> None:
-        if self.connect_timeout <= 0 or self.read_timeout <= 0:
-            raise ValueError("download timeouts must be positive numbers of seconds")
+        for name in ("connect_timeout", "read_timeout", "deadline", "rate_window", "backoff"):
+            _check_seconds(name, getattr(self, name), zero_ok=name == "backoff")
         if self.attempts < 1:
             raise ValueError("download attempts must be at least 1")
-        if self.backoff < 0 or self.chunk_size < 1:
-            raise ValueError("download backoff must be >= 0 and chunk_size >= 1")
+        if self.chunk_size < 1:
+            raise ValueError("download chunk_size must be >= 1")
+        if not (math.isfinite(self.min_rate) and self.min_rate >= 0):
+            raise ValueError(f"download min_rate must be a finite number of bytes per second >= 0, not {self.min_rate!r}")
+        if self.max_bytes is not None and self.max_bytes < 1:
+            raise ValueError(f"download max_bytes must be at least 1, not {self.max_bytes!r}")
+
+
+def _check_seconds(name: str, value: float, zero_ok: bool = False) -> None:
+    """Refuse a duration that is not a finite number of seconds up to :data:`MAX_SECONDS`."""
+    low_ok = value >= 0 if zero_ok else value > 0
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and low_ok and value <= MAX_SECONDS):
+        bound = ">= 0" if zero_ok else "> 0"
+        raise ValueError(f"download {name} must be a number of seconds {bound} and <= {MAX_SECONDS:g}, not {value!r}")
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` with the user name and password of ``url`` removed wherever the address appears.
+
+    >>> _scrub("cannot reach http://bob:pw@host/x (user bob:pw@host)", "http://bob:pw@host/x")
+    'cannot reach http://***@host/x (user ***@host)'
+    """
+    netloc = urllib.parse.urlsplit(url).netloc
+    if "@" not in netloc:
+        return text
+    userinfo = netloc.rpartition("@")[0]
+    text = text.replace(url, redact_url(url))
+    for secret in {userinfo, urllib.parse.unquote(userinfo)}:
+        text = text.replace(secret + "@", "***@")
+    return text
 
 
 class _Failure(Exception):
@@ -95,7 +171,7 @@ def _set_command(record: PretrainedNetwork) -> str:
 
 def _download_error(record: PretrainedNetwork, url: str, cause: str) -> ModelDownloadError:
     return ModelDownloadError(
-        f"could not download the {record.title} model from {url}: {cause}. "
+        f"could not download the {record.title} model from {redact_url(url)}: {_scrub(cause, url)}. "
         f"To use a copy obtained by other means, run: {_set_command(record)}"
     )
 
@@ -231,7 +307,7 @@ def _check_answer(response: requests.Response) -> Optional[int]:
             f"the server sent a web page ({content_type}) instead of a model file; check the address"
         )
     length = response.headers.get("Content-Length")
-    if length is None or response.headers.get("Content-Encoding", "identity") != "identity":
+    if length is None or _encoding(response) != "identity":
         return None
     try:
         return int(length)
@@ -239,44 +315,236 @@ def _check_answer(response: requests.Response) -> Optional[int]:
         return None
 
 
-def _fetch_once(session: requests.Session, url: str, partial: str, options: DownloadOptions, label: str) -> str:
-    """Stream ``url`` into ``partial`` once; return the sha256 of the bytes received."""
+def _encoding(response: requests.Response) -> str:
+    return response.headers.get("Content-Encoding", "identity").strip().lower() or "identity"
+
+
+class _Expander:
+    """Undo a ``Content-Encoding`` piece by piece, never producing more than ``limit`` bytes at a time.
+
+    A compressed body (which a server may send although asked for ``identity``) is
+    thereby never expanded in full before the size cap is checked.
+    """
+
+    _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+    def __init__(self, encoding: str, limit: int):
+        if encoding != "identity" and encoding not in self._WBITS:
+            raise _Failure(f"the server sent the file in the encoding '{encoding}', which cannot be read")
+        self.limit = limit
+        self.inflater = None if encoding == "identity" else zlib.decompressobj(self._WBITS[encoding])
+
+    def pieces(self, data: bytes) -> Iterator[bytes]:
+        """The expanded bytes of ``data``, at most ``limit`` at a time."""
+        if self.inflater is None:
+            yield data
+            return
+        while True:
+            try:
+                piece = self.inflater.decompress(data, self.limit)
+            except zlib.error as error:
+                raise _Failure(f"the compressed body is damaged ({error})") from None
+            yield piece
+            data = self.inflater.unconsumed_tail
+            if not data and len(piece) < self.limit:
+                return
+
+    def check_complete(self) -> None:
+        if self.inflater is not None and not self.inflater.eof:
+            raise _Retryable("the compressed body was cut short")
+
+
+class _Budget:
+    """What a download may still spend: time to its deadline, a minimum rate, bytes up to the cap."""
+
+    def __init__(self, options: DownloadOptions, max_bytes: int, clock: Callable[[], float] = time.monotonic):
+        self.options = options
+        self.max_bytes = max_bytes
+        self.clock = clock
+        self.end = clock() + options.deadline
+
+    def remaining(self, received: int = 0) -> float:
+        """Seconds left; raise once the deadline has passed."""
+        left = self.end - self.clock()
+        if left <= 0:
+            raise _Failure(
+                f"the download did not finish within its deadline of {self.options.deadline:g} s "
+                f"({received} bytes received); allow more time with "
+                f"'bob config set {DEADLINE_KEY} SECONDS'"
+            )
+        return left
+
+    def timeouts(self) -> Tuple[float, float]:
+        """Connect and read timeouts for a request, never beyond the deadline."""
+        left = self.remaining()
+        return min(self.options.connect_timeout, left), min(self.options.read_timeout, left)
+
+    def check_size(self, written: int) -> None:
+        if written > self.max_bytes:
+            raise _Failure(
+                f"the server sent more than {self.max_bytes} bytes, far more than the model file "
+                "(a body without end, or not a model file); refused"
+            )
+
+    def pace(self) -> "_Pace":
+        return _Pace(self.options.min_rate, self.options.rate_window, self.clock)
+
+
+class _Pace:
+    """Raise when fewer than ``min_rate`` bytes per second arrived over the last window of time."""
+
+    def __init__(self, min_rate: float, window: float, clock: Callable[[], float]):
+        self.min_rate, self.window, self.clock = min_rate, window, clock
+        self.since, self.base = clock(), 0
+
+    def check(self, received: int) -> None:
+        now = self.clock()
+        if now - self.since < self.window:
+            return
+        rate = (received - self.base) / (now - self.since)
+        if rate < self.min_rate:
+            raise _Failure(
+                f"the download ran at {rate / 1000:.3g} kB/s over {now - self.since:.0f} s, below the minimum of "
+                f"{self.min_rate / 1000:g} kB/s ({received} bytes received); accept a slower server with "
+                f"'bob config set {MIN_RATE_KEY} KB_PER_SECOND' (0 accepts any rate)"
+            )
+        self.since, self.base = now, received
+
+
+class _Watchdog:
+    """Shut the sockets of a download down when its deadline passes, waking any read that waits.
+
+    Socket timeouts bound each wait, not their sum: a server can keep a read
+    (of the headers, say) alive forever by sending a byte now and then. A
+    timer that shuts the connection down at the deadline ends any such read.
+    """
+
+    def __init__(self) -> None:
+        self._sockets: List[socket.socket] = []
+        self._guard = threading.Lock()
+        self.fired = False
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._guard:
+            self._sockets.append(sock)
+            if self.fired:
+                _shut(sock)
+
+    def fire(self) -> None:
+        with self._guard:
+            self.fired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def session(self) -> requests.Session:
+        """A session whose connections are watched."""
+        session = requests.Session()
+        for prefix in ("http://", "https://"):
+            adapter = requests.adapters.HTTPAdapter()
+            adapter.poolmanager.pool_classes_by_scheme = _watched_pools(self)
+            session.mount(prefix, adapter)
+        return session
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already closed
+        pass
+
+
+def _watched_pools(watchdog: _Watchdog) -> dict:
+    """urllib3 pool classes whose new sockets are handed to ``watchdog`` before any byte is exchanged."""
+
+    def watched(connection_class: type) -> type:
+        class Watched(connection_class):  # type: ignore[misc, valid-type]
+            def _new_conn(self) -> socket.socket:
+                sock = super()._new_conn()
+                watchdog.watch(sock)
+                return sock
+
+        return Watched
+
+    class Pool(urllib3.HTTPConnectionPool):
+        ConnectionCls = watched(urllib3.connection.HTTPConnection)
+
+    class SecurePool(urllib3.HTTPSConnectionPool):
+        ConnectionCls = watched(urllib3.connection.HTTPSConnection)
+
+    return {"http": Pool, "https": SecurePool}
+
+
+def _limit_wait(response: requests.Response, seconds: float) -> None:
+    """Let the next read of ``response`` wait at most ``seconds`` (the time left to the deadline)."""
+    connection = getattr(response.raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        sock.settimeout(seconds)
+
+
+def _stream_body(response: requests.Response, out: IO[bytes], budget: _Budget, on_data: Callable[[bytes], None]) -> int:
+    """Copy the body of ``response`` into ``out`` within ``budget``; return the bytes written."""
+    options = budget.options
+    expander = _Expander(_encoding(response), options.chunk_size)
+    pace = budget.pace()
+    written = 0
+    while True:
+        _limit_wait(response, min(options.read_timeout, budget.remaining(written)))
+        data = response.raw.read1(options.chunk_size, decode_content=False)
+        if not data:
+            break
+        for piece in expander.pieces(data):
+            written += len(piece)
+            budget.check_size(written)
+            out.write(piece)
+            on_data(piece)
+        budget.remaining(written)
+        pace.check(written)
+    expander.check_complete()
+    return written
+
+
+def _fetch_once(session: requests.Session, url: str, partial: str, budget: _Budget, label: str) -> str:
+    """Stream ``url`` into ``partial`` once; return the sha256 of the bytes written."""
+    options = budget.options
     digest = hashlib.sha256()
     received = 0
     expected: Optional[int] = None
+
+    def on_data(piece: bytes) -> None:
+        nonlocal received
+        digest.update(piece)
+        received += len(piece)
+        progress.update(received)
+
     try:
         with session.get(
-            url,
-            stream=True,
-            timeout=(options.connect_timeout, options.read_timeout),
-            headers={"Accept-Encoding": "identity"},
+            url, stream=True, timeout=budget.timeouts(), headers={"Accept-Encoding": "identity"}
         ) as response:
             expected = _check_answer(response)
+            if expected is not None:
+                budget.check_size(expected)
             progress = _Progress(label, expected, options.progress)
             try:
                 with open(partial, "wb") as out:
-                    for chunk in response.iter_content(chunk_size=options.chunk_size):
-                        out.write(chunk)
-                        digest.update(chunk)
-                        received += len(chunk)
-                        progress.update(received)
+                    _stream_body(response, out, budget, on_data)
                     out.flush()
                     os.fsync(out.fileno())
             finally:
                 progress.close()
-    except requests.exceptions.ChunkedEncodingError as error:
+    except (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError) as error:
         if expected is not None:
             raise _Retryable(
                 f"the body was cut short of the {expected} bytes announced by Content-Length "
                 f"(the connection broke after at least {received} bytes)"
             ) from error
         raise _Retryable(f"the connection broke after {received} bytes ({_describe(error)})") from error
-    except requests.exceptions.Timeout as error:
+    except (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError) as error:
         raise _Retryable(
             f"timed out (connect {options.connect_timeout:g} s, read {options.read_timeout:g} s) after "
             f"{received} bytes: {_describe(error)}"
         ) from error
-    except requests.exceptions.ConnectionError as error:
+    except (requests.exceptions.ConnectionError, urllib3.exceptions.HTTPError) as error:
         raise _Retryable(f"{_describe(error)} after {received} bytes") from error
     except requests.RequestException as error:
         raise _Failure(_describe(error)) from error
@@ -291,21 +559,36 @@ def _fetch_once(session: requests.Session, url: str, partial: str, options: Down
     return digest.hexdigest()
 
 
-def _fetch(url: str, partial: str, options: DownloadOptions, label: str) -> str:
-    """Download with retries; return the sha256 of the file written to ``partial``."""
-    with requests.Session() as session:
-        for attempt in range(1, options.attempts + 1):
-            try:
-                return _fetch_once(session, url, partial, options, label)
-            except _Retryable as problem:
-                if attempt == options.attempts:
-                    raise _Failure(f"{problem} (gave up after {attempt} attempts)") from problem
-                delay = options.backoff * 2 ** (attempt - 1)
-                logger.warning(
-                    "downloading %s failed (%s); retrying in %.1f s (attempt %d of %d)",
-                    url, problem, delay, attempt + 1, options.attempts,
-                )
-                time.sleep(delay)
+def _fetch(url: str, partial: str, budget: _Budget, label: str) -> str:
+    """Download with retries within ``budget``; return the sha256 of the file written to ``partial``."""
+    watchdog = _Watchdog()
+    timer = threading.Timer(budget.remaining(), watchdog.fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        with watchdog.session() as session:
+            return _attempts(session, url, partial, budget, label)
+    finally:
+        timer.cancel()
+
+
+def _attempts(session: requests.Session, url: str, partial: str, budget: _Budget, label: str) -> str:
+    options = budget.options
+    for attempt in range(1, options.attempts + 1):
+        try:
+            digest = _fetch_once(session, url, partial, budget, label)
+            budget.remaining(os.path.getsize(partial))  # a body ended by the watchdog is not complete
+            return digest
+        except _Retryable as problem:
+            budget.remaining()  # past the deadline, that is the cause to report
+            if attempt == options.attempts:
+                raise _Failure(f"{problem} (gave up after {attempt} attempts)") from problem
+            delay = min(options.backoff * 2 ** (attempt - 1), budget.remaining())
+            logger.warning(
+                "downloading %s failed (%s); retrying in %.1f s (attempt %d of %d)",
+                redact_url(url), _scrub(str(problem), url), delay, attempt + 1, options.attempts,
+            )
+            time.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -321,6 +604,22 @@ def _parameter_names(record: PretrainedNetwork) -> frozenset:
 def expected_parameter_names(record: PretrainedNetwork) -> Set[str]:
     """State-dict keys (without ``module.``) of the network ``record.build()`` makes."""
     return set(_parameter_names(record))
+
+
+@functools.lru_cache(maxsize=None)
+def _weights_bytes(record: PretrainedNetwork) -> int:
+    with torch.device("meta"):
+        state = record.build().state_dict()
+    return sum(tensor.numel() * tensor.element_size() for tensor in state.values())
+
+
+def model_size_cap(record: PretrainedNetwork) -> int:
+    """Most bytes accepted for a download of ``record``: :data:`SIZE_CAP_FACTOR` times its weights, plus 1 MiB.
+
+    The released files hold the weights and a few numbers, so a larger body
+    is not the model (an endless body, or a compressed one that expands without end).
+    """
+    return SIZE_CAP_FACTOR * _weights_bytes(record) + (1 << 20)
 
 
 def _listing(names: List[str], limit: int = 5) -> str:
@@ -376,6 +675,7 @@ def _download_into_place(
     record: PretrainedNetwork, url: str, target: str, sha256: Optional[str], trust: bool, options: DownloadOptions
 ) -> None:
     folder, name = os.path.split(target)
+    budget = _Budget(options, model_size_cap(record) if options.max_bytes is None else options.max_bytes)
     try:
         descriptor, partial = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".partial")
     except OSError as error:
@@ -384,14 +684,15 @@ def _download_into_place(
         raise _download_error(record, url, f"cannot create a temporary file in {folder}: {error}") from error
     os.close(descriptor)
     try:
-        logger.info("downloading the %s model from %s to %s", record.title, url, target)
-        digest = _fetch(url, partial, options, f"downloading {name}")
+        logger.info("downloading the %s model from %s to %s", record.title, redact_url(url), target)
+        digest = _fetch(url, partial, budget, f"downloading {name}")
         _validate(record, partial, digest, sha256, trust)
         os.chmod(partial, 0o644)
         os.replace(partial, target)
         logger.info("downloaded %s (sha256 %s)", target, digest)
     except _Failure as failure:
-        raise _download_error(record, url, str(failure)) from failure.__cause__
+        cause = None if redact_url(url) != url else failure.__cause__  # a cause may quote the credentials
+        raise _download_error(record, url, str(failure)) from cause
     finally:
         if os.path.lexists(partial):
             os.unlink(partial)
@@ -431,12 +732,16 @@ def download_model(
     Raises
     ------
     ModelDownloadError
-        If the folder cannot be written, or the download or its validation fails. Nothing
+        If the folder cannot be written, ``target`` is not a regular file (a device,
+        a FIFO: never replaced), or the download or its validation fails. Nothing
         is left in the folder in that case.
     """
     url = record.url if url is None else url
     options = DownloadOptions() if options is None else options
     target = os.path.abspath(target)
+    reason = not_regular_file_reason(target)
+    if reason:
+        raise ModelDownloadError(f"will not download the {record.title} model onto {target}: it is {reason}")
     folder = os.path.dirname(target)
     _prepare_folder(record, folder)
     lock_path = target + ".lock"

@@ -13,13 +13,17 @@ In cases 2 and 3 a missing file is downloaded from the address in the setting
 records are in :mod:`bob.learn.pytorch.pretrained`.
 """
 import logging
+import math
 import os
+import re
+import urllib.parse
 from typing import Any, List, NamedTuple, Optional, Sequence, Union
 
-from .download import DownloadOptions, download_model
+from .atomic import not_regular_file_reason
+from .download import DEADLINE_KEY, MAX_SECONDS, MIN_RATE_KEY, DownloadOptions, download_model
 from .errors import SettingsError
 from .pretrained import PretrainedNetwork, records as registered_networks
-from .settings import SettingValue, get_setting
+from .settings import SettingValue, get_setting, redact_url
 
 __all__ = [
     "ModelLocation",
@@ -29,6 +33,8 @@ __all__ = [
     "SOURCE_PACKAGE_DATA",
     "SOURCE_PACKAGE_URL",
     "DOWNLOAD_TIMEOUT_KEY",
+    "DEADLINE_KEY",
+    "MIN_RATE_KEY",
     "absolute_path",
     "resolve_model_file",
     "resolve_model_url",
@@ -40,7 +46,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, "os.PathLike[str]"]
+PathLike = Union[str, bytes, "os.PathLike[str]"]
 
 #: Source of a path given as the ``model_file`` argument.
 SOURCE_ARGUMENT = "argument"
@@ -92,9 +98,19 @@ def absolute_path(path: PathLike) -> str:
     """``path`` with ``~`` expanded, made absolute against the current folder.
 
     A model path is fixed when it is resolved, so that it names the same file
-    after the process (or a pipeline worker) changes folder.
+    after the process (or a pipeline worker) changes folder. A path given as
+    bytes is decoded as the file system does (:func:`os.fsdecode`).
+
+    Raises
+    ------
+    TypeError
+        If ``path`` is not a str, bytes or os.PathLike.
     """
-    return os.path.abspath(os.path.expanduser(os.fspath(path)))
+    try:
+        text = os.fsdecode(os.fspath(path))
+    except TypeError:
+        raise TypeError(f"a model file must be given as a path (str or os.PathLike), not {type(path).__name__}") from None
+    return os.path.abspath(os.path.expanduser(text))
 
 
 def resolve_model_file(record: PretrainedNetwork, model_file: Optional[PathLike] = None) -> ModelLocation:
@@ -130,11 +146,28 @@ def resolve_model_file(record: PretrainedNetwork, model_file: Optional[PathLike]
 
 
 def resolve_model_url(record: PretrainedNetwork) -> ModelUrl:
-    """Return the download address for ``record`` (the setting ``record.url_key``, else ``record.url``)."""
+    """Return the download address for ``record`` (the setting ``record.url_key``, else ``record.url``).
+
+    Raises
+    ------
+    SettingsError
+        If the setting is not an ``http://`` or ``https://`` address with a host.
+    """
     setting = _text_setting(record.url_key)
-    if setting is not None:
-        return ModelUrl(setting.value.strip(), setting.source)
-    return ModelUrl(record.url, SOURCE_PACKAGE_URL)
+    if setting is None:
+        return ModelUrl(record.url, SOURCE_PACKAGE_URL)
+    url = setting.value.strip()
+    try:
+        parts = urllib.parse.urlsplit(url)
+        valid = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        valid = False
+    if not valid:
+        raise SettingsError(
+            f"{setting.source} must be an http:// or https:// address, not {redact_url(url)!r}; "
+            f"change it with 'bob config set {record.url_key} URL'"
+        )
+    return ModelUrl(url, setting.source)
 
 
 def resolve_sha256(record: PretrainedNetwork, url: str) -> Optional[str]:
@@ -142,31 +175,67 @@ def resolve_sha256(record: PretrainedNetwork, url: str) -> Optional[str]:
 
     The setting ``record.sha256_key`` applies to whatever URL is used; ``record.sha256``
     applies only to the default address ``record.url``.
+
+    Raises
+    ------
+    SettingsError
+        If the setting is not 64 hexadecimal digits.
     """
     setting = _text_setting(record.sha256_key)
-    if setting is not None:
-        return setting.value.strip().lower()
-    return record.sha256 if url == record.url else None
+    if setting is None:
+        return record.sha256 if url == record.url else None
+    digest = setting.value.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise SettingsError(
+            f"{setting.source} must be a sha256 digest (64 hexadecimal digits), not {setting.value!r}; "
+            f"change it with 'bob config set {setting.key} DIGEST'"
+        )
+    return digest
 
 
 def download_options() -> DownloadOptions:
-    """Default download options; the setting ``...download_timeout`` sets both timeouts (seconds)."""
-    setting = get_setting(DOWNLOAD_TIMEOUT_KEY)
-    if setting is None:
-        return DownloadOptions()
-    seconds = _positive_number(setting)
-    return DownloadOptions(connect_timeout=seconds, read_timeout=seconds)
+    """Default download options, changed by the user settings.
+
+    ``...download_timeout`` sets both timeouts, ``...download_deadline`` the
+    time the whole download may take (seconds) and ``...download_min_rate``
+    the slowest acceptable rate (kilobytes per second; 0 accepts any rate).
+
+    Raises
+    ------
+    SettingsError
+        If a setting is not a number in its range, naming the key and the file.
+    """
+    values = {}
+    timeout = get_setting(DOWNLOAD_TIMEOUT_KEY)
+    if timeout is not None:
+        values["connect_timeout"] = values["read_timeout"] = _positive_number(timeout)
+    deadline = get_setting(DEADLINE_KEY)
+    if deadline is not None:
+        values["deadline"] = _positive_number(deadline)
+    rate = get_setting(MIN_RATE_KEY)
+    if rate is not None:
+        values["min_rate"] = 1000 * _number(rate, "a number of kilobytes per second >= 0", low=0.0, high=1e9, zero_ok=True)
+    return DownloadOptions(**values)
 
 
 def _positive_number(setting: SettingValue) -> float:
+    """A number of seconds > 0 and at most :data:`~bob.learn.pytorch.download.MAX_SECONDS` (about 11.6 days)."""
+    return _number(setting, "a positive number of seconds", low=0.0, high=MAX_SECONDS)
+
+
+def _number(setting: SettingValue, what: str, low: float, high: float, zero_ok: bool = False) -> float:
     value: Any = setting.value
     try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = 0.0
-    if isinstance(value, bool) or not seconds > 0:
-        raise SettingsError(f"{setting.source} must be a positive number of seconds, not {value!r}")
-    return seconds
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    in_range = (number >= low if zero_ok else number > low) and number <= high
+    if isinstance(value, bool) or not (math.isfinite(number) and in_range):
+        raise SettingsError(
+            f"{setting.source} must be {what}, not {value!r} (finite, at most {high:g}); "
+            f"change it with 'bob config set {setting.key} VALUE'"
+        )
+    return number
 
 
 def ensure_model_file(
@@ -202,6 +271,11 @@ def ensure_model_file(
     FileNotFoundError
         If an explicit ``model_file`` does not exist, or the file is missing and
         ``download`` is False.
+    IsADirectoryError
+        If the path names a folder.
+    OSError
+        If the path names something other than a regular file (a device, a
+        FIFO, a socket): "not a regular file". It is never read, written or replaced.
     ModelDownloadError
         If the file is missing and cannot be downloaded or written; nothing is left behind.
     SettingsError
@@ -214,6 +288,12 @@ def ensure_model_file(
         raise IsADirectoryError(
             f"{record.title} model file {location.path} (from the {location.source}) is a folder, not a file"
         )
+    reason = not_regular_file_reason(location.path)
+    if reason:  # never read (it may never end), written or replaced (as root that would destroy a device)
+        raise OSError(
+            f"{record.title} model file {location.path} (from the {location.source}) is {reason}; "
+            f"point it to the model file with 'bob config set {record.path_key} /path/to/model.pth.tar'",
+        )
     if location.source == SOURCE_ARGUMENT:
         raise FileNotFoundError(f"{record.title} model file {location.path} (the model_file argument) does not exist")
     if not download:
@@ -225,7 +305,7 @@ def ensure_model_file(
     url = resolve_model_url(record)
     logger.info(
         "%s model file %s (from the %s) is missing; fetching it from %s (%s)",
-        record.title, location.path, location.source, url.url, url.source,
+        record.title, location.path, location.source, redact_url(url.url), url.source,
     )
     return download_model(
         record,

@@ -32,7 +32,7 @@ import torch
 
 from .architectures.utils import SpeakerEmbeddingNet
 from .embedding import as_list, check_specs, embed_chunks, embed_spectrogram, whole_number
-from .frontend import mono_samples, prepare_signal, unpack_audio
+from .frontend import mono_samples, prepare_signal, unpack_audio, warn_if_silent
 from .pretrained import PretrainedNetwork
 from .runtimes import EagerRuntime, Runtime, embedding_head, runtime_name
 from .streaming import STREAMING_MIN_FRAMES, SignalSpectrogram, SpectrogramArray, embed_long, signal_source
@@ -96,6 +96,7 @@ class EmbeddingPipeline:
         """Checked frame source of ``(rate, samples)``, long enough for the network."""
         source = signal_source(audio, self.network.front_end)
         self.require_minimum_length(source.n_samples)
+        warn_if_silent(source.samples, source.scale)
         return source
 
     def spectrogram(self, audio: Any) -> numpy.ndarray:
@@ -103,6 +104,7 @@ class EmbeddingPipeline:
         front_end = self.network.front_end
         signal = prepare_signal(audio, front_end.sample_rate)
         self.require_minimum_length(len(signal))
+        warn_if_silent(signal)
         return front_end.spectrogram(signal)
 
     def frame_count(self, audio: Any) -> int:

@@ -16,12 +16,13 @@ import json
 import logging
 import os
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Sequence
 
 from .errors import SettingsError
 
-__all__ = ["SettingValue", "bob_config_file", "legacy_rc_file", "settings_files", "get_setting"]
+__all__ = ["SettingValue", "bob_config_file", "legacy_rc_file", "settings_files", "get_setting", "redact_url", "shown"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,29 @@ class SettingValue(NamedTuple):
     def source(self) -> str:
         """Human-readable origin, e.g. ``setting KEY in ~/.config/bobrc.toml``."""
         return f"setting {self.key} in {self.file}"
+
+
+def redact_url(url: str) -> str:
+    """``url`` without the user name and password it may carry, for messages and logs.
+
+    >>> redact_url("https://alice:s3cret@example.org/m.pth.tar")
+    'https://***@example.org/m.pth.tar'
+    >>> redact_url("https://example.org/m.pth.tar")
+    'https://example.org/m.pth.tar'
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # e.g. an unbalanced "[" in the host: show nothing of it that could be a secret
+        return "<an address that cannot be parsed>" if "@" in url else url
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
+def shown(value: Any) -> Any:
+    """A setting's value as it may be shown or logged: addresses without their credentials."""
+    return redact_url(value) if isinstance(value, str) and "://" in value else value
 
 
 def bob_config_file() -> Path:
@@ -160,6 +184,6 @@ def get_setting(key: str) -> Optional[SettingValue]:
     for path, parse in ((bob_config_file(), _parse_toml), (legacy_rc_file(), _parse_json_or_toml)):
         value = _lookup(_read_settings(path, parse), parts)
         if value is not None:
-            logger.debug("setting %s = %r read from %s", key, value, path)
+            logger.debug("setting %s = %r read from %s", key, shown(value), path)
             return SettingValue(key, value, str(path))
     return None

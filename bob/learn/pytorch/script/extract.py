@@ -17,7 +17,7 @@ import h5py
 import numpy
 import scipy.io.wavfile
 
-from ..atomic import replacing
+from ..atomic import not_regular_file_reason, replacing, temporary_name
 from ..io import utf8_encodable
 from ..preprocessor.audio import EmbeddingExtractor
 
@@ -32,6 +32,9 @@ __all__ = [
     "read_wav",
     "embed_inputs",
     "output_format",
+    "output_files",
+    "check_names",
+    "rehearse_output",
     "write_output",
 ]
 
@@ -96,27 +99,98 @@ def _name_from_relative(relative: str) -> str:
     return "/".join(parts[:-1] + [stem])
 
 
-def _wav_files_under(folder: Path) -> List[Path]:
-    return sorted(path for path in folder.rglob("*") if path.suffix.lower() == ".wav" and path.is_file())
+def _is_wav(name: str) -> bool:
+    return name.lower().endswith(".wav")
+
+
+def _wav_files_under(folder: Path) -> Tuple[List[Path], List[Failure]]:
+    """The ``.wav`` entries under ``folder``, in sorted order, following symbolic links to folders.
+
+    A folder reached a second time (a link loop, or two links to one folder)
+    is searched once, with a warning; a sub-folder that cannot be read, and a
+    ``.wav`` entry that is not a regular file (a FIFO, a device, a broken
+    link), is reported.
+    """
+    found: List[Path] = []
+    problems: List[Failure] = []
+    seen = {}
+
+    def walk(current: Path) -> None:
+        try:
+            identity = (current.stat().st_dev, current.stat().st_ino)
+            entries = sorted(os.scandir(current), key=lambda entry: entry.name)
+        except OSError as error:
+            problems.append(Failure(str(current), f"cannot read folder: {error.strerror or error}"))
+            return
+        if identity in seen:
+            logger.warning("%s is %s again (a symbolic link loop or a second link): searched once", current, seen[identity])
+            return
+        seen[identity] = current
+        for entry in entries:
+            path = current / entry.name
+            if entry.is_dir():  # follows symbolic links
+                walk(path)
+            elif _is_wav(entry.name):
+                reason = not_regular_file_reason(path) if os.path.exists(path) else "a broken symbolic link"
+                if reason:
+                    problems.append(Failure(str(path), f"{reason}: skipped"))
+                else:
+                    found.append(path)
+
+    walk(folder)
+    return found, problems
+
+
+def _list_entry(line: str) -> str:
+    r"""The path a list-file line names: ``""`` for a blank line or a comment.
+
+    Whitespace around the path is dropped; ``#`` at the start of a line or
+    after whitespace starts a comment; ``\#``, ``\ `` and ``\\`` stand for
+    ``#``, a space (kept even at either end) and a backslash.
+
+    >>> [_list_entry(line) for line in ["  a b.wav  ", "# note", "x.wav # note", "take#2.wav", r"\ lead.wav", r"\#1.wav"]]
+    ['a b.wav', '', 'x.wav', 'take#2.wav', ' lead.wav', '#1.wav']
+    """
+    chars: List[Tuple[str, bool]] = []  # (character, escaped)
+    index = 0
+    while index < len(line):
+        char = line[index]
+        if char == "\\" and line[index + 1 : index + 2] in ("#", " ", "\\"):
+            chars.append((line[index + 1], True))
+            index += 2
+            continue
+        after_space = not chars or (chars[-1][0].isspace() and not chars[-1][1])
+        if char == "#" and after_space:
+            break
+        chars.append((char, False))
+        index += 1
+    start, stop = 0, len(chars)
+    while start < stop and chars[start][0].isspace() and not chars[start][1]:
+        start += 1
+    while stop > start and chars[stop - 1][0].isspace() and not chars[stop - 1][1]:
+        stop -= 1
+    return "".join(char for char, _ in chars[start:stop])
 
 
 def _entries_of_list(list_file: Path) -> List[str]:
-    """Non-blank lines of a list file, without ``#`` comments."""
-    text = list_file.read_text(encoding="utf-8")
-    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
-    return [line for line in lines if line]
+    """The paths a list file names (see :func:`_list_entry`); a UTF-8 byte-order mark is ignored."""
+    text = list_file.read_text(encoding="utf-8-sig")
+    entries = (_list_entry(line) for line in text.splitlines())
+    return [entry for entry in entries if entry]
 
 
 def _expand(argument: str) -> Tuple[List[AudioInput], List[Failure]]:
     path = Path(argument)
     if path.is_dir():
-        found = [AudioInput(_name_from_relative(str(wav.relative_to(path))), wav) for wav in _wav_files_under(path)]
-        if not found:
+        wavs, problems = _wav_files_under(path)
+        found = [AudioInput(_name_from_relative(str(wav.relative_to(path))), wav) for wav in wavs]
+        if not found and not problems:
             return [], [Failure(argument, "folder holds no .wav file")]
-        return found, []
+        return found, problems
     if path.suffix.lower() in LIST_SUFFIXES:
         if not path.is_file():
-            return [], [Failure(argument, "no such list file")]
+            reason = not_regular_file_reason(path)
+            return [], [Failure(argument, f"list file is {reason}" if reason else "no such list file")]
         try:
             entries = _entries_of_list(path)
         except (OSError, UnicodeDecodeError) as error:
@@ -172,6 +246,11 @@ def collect_inputs(arguments: Iterable[str]) -> Tuple[List[AudioInput], List[Fai
             if not utf8_encodable(item.name):
                 problems.append(Failure(repr(os.fsencode(item.path)), "the file name is not UTF-8 text: rename it"))
                 continue
+            if not utf8_encodable(key):
+                problems.append(
+                    Failure(repr(os.fsencode(key)), "a folder of its path is not UTF-8 text: rename the folder")
+                )
+                continue
             by_name[item.name] = key
             inputs.append(item)
     return inputs, problems
@@ -183,15 +262,23 @@ def read_wav(path: PathLike) -> Tuple[int, numpy.ndarray]:
     Raises
     ------
     FileNotFoundError
-        If there is no such file.
+        If there is no such file (or a folder, or a broken link).
     ValueError
-        If the file is not a WAV file scipy can read. scipy's parser meets a
+        If the path is not a regular file (a FIFO, a device, a socket: never
+        opened, since reading one may never end), or the file is not a WAV
+        file scipy can read. scipy's parser meets a
         damaged header with whatever error it runs into (``struct.error``,
         ``ZeroDivisionError``, ``UnboundLocalError``...); all become this one.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError("no such file" if not os.path.isdir(path) else "a folder, not a WAV file")
+        if not os.path.lexists(path):
+            raise FileNotFoundError("no such file")
+        if not os.path.exists(path):
+            raise FileNotFoundError("a broken symbolic link")
+        if os.path.isdir(path):
+            raise FileNotFoundError("a folder, not a WAV file")
+        raise ValueError(f"{not_regular_file_reason(path)}; give WAV files as regular files")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", scipy.io.wavfile.WavFileWarning)
@@ -340,6 +427,81 @@ def _write_rows_table(results: Sequence[Embedded], target: Path) -> None:
             writer.writerow([row, name, chunk, source])
 
 
+def output_files(path: PathLike) -> List[Path]:
+    """The files an output writes: ``path``, plus its row table for ``.npy``."""
+    target = Path(path)
+    return [target] + ([rows_table_path(target)] if output_format(target) == "npy" else [])
+
+
+def check_names(items: Sequence[AudioInput], path: PathLike) -> None:
+    """Refuse names that the output at ``path`` cannot hold side by side.
+
+    In HDF5 a name is a dataset and each of its ``/``-separated prefixes a
+    group, so ``sub`` (from ``sub.wav``) and ``sub/x`` (from ``sub/x.wav``)
+    cannot both be stored. CSV and ``.npy`` outputs hold names as text.
+
+    Raises
+    ------
+    InputConflict
+        Naming both inputs.
+    """
+    if output_format(path) != "hdf5":
+        return
+    by_name = {item.name: item for item in items}
+    for item in items:
+        parts = item.name.split("/")
+        for depth in range(1, len(parts)):
+            prefix = "/".join(parts[:depth])
+            if prefix in by_name:
+                raise InputConflict(
+                    f"'{prefix}' would be both a recording and a group of recordings in {path}: "
+                    f"{by_name[prefix].path} and {item.path}; rename one of them, or write a .csv or .npy output"
+                )
+
+
+def rehearse_output(
+    items: Sequence[AudioInput], path: PathLike, attributes: Optional[dict] = None, width: int = 128
+) -> None:
+    """Write the output once with placeholder rows to temporary files, then remove them.
+
+    Every cause of failure of the final :func:`write_output` that is knowable
+    before the embedding (names the format cannot hold, text that cannot be
+    encoded, a target that is not a regular file, a folder that cannot be
+    written) shows here, before hours of work instead of after.
+
+    Raises
+    ------
+    OSError, ValueError, TypeError
+        As :func:`write_output` would, naming the problem.
+    """
+    placeholders = [Embedded(item, numpy.zeros((1, width), numpy.float32), 16000, 16000) for item in items]
+    if not placeholders:
+        return
+    targets = output_files(path)
+    for target in targets:
+        reason = not_regular_file_reason(target)
+        if reason:
+            raise OSError(f"{target} is {reason}")
+    temporaries = [temporary_name(target) for target in targets]
+    try:
+        _write_files(placeholders, temporaries, output_format(path), attributes or {})
+    finally:
+        for temporary in temporaries:
+            if temporary.exists():
+                temporary.unlink()
+
+
+def _write_files(results: Sequence[Embedded], files: Sequence[Path], kind: str, attributes: dict) -> None:
+    if kind == "hdf5":
+        _write_hdf5(results, files[0], attributes)
+    elif kind == "csv":
+        _write_csv(results, files[0])
+    else:
+        with open(files[0], "wb") as handle:
+            numpy.save(handle, numpy.vstack([result.rows for result in results]).astype(numpy.float32))
+        _write_rows_table(results, files[1])
+
+
 def write_output(results: Sequence[Embedded], path: PathLike, attributes: Optional[dict] = None) -> List[Path]:
     """Write the embeddings to ``path`` in the format its suffix names, atomically.
 
@@ -351,8 +513,9 @@ def write_output(results: Sequence[Embedded], path: PathLike, attributes: Option
       each row belongs to.
     * ``.csv``: a header ``name,chunk,e0,...`` and one line per row.
 
-    Every file is written under a temporary name beside its target and
-    renamed into place only once all of them are complete.
+    Every file is written under a temporary name beside its target, flushed
+    and fsynced, and renamed into place only once all of them are complete
+    (see :mod:`bob.learn.pytorch.atomic` for permissions and symbolic links).
 
     Returns
     -------
@@ -366,17 +529,8 @@ def write_output(results: Sequence[Embedded], path: PathLike, attributes: Option
     """
     if not results:
         raise ValueError("no embedding to write")
-    target = Path(path)
-    kind = output_format(target)
-    targets = [target] + ([rows_table_path(target)] if kind == "npy" else [])
+    targets = output_files(path)
     with contextlib.ExitStack() as stack:
         temporaries = [stack.enter_context(replacing(each, what="embeddings")) for each in targets]
-        if kind == "hdf5":
-            _write_hdf5(results, temporaries[0], attributes or {})
-        elif kind == "csv":
-            _write_csv(results, temporaries[0])
-        else:
-            with open(temporaries[0], "wb") as handle:
-                numpy.save(handle, numpy.vstack([result.rows for result in results]).astype(numpy.float32))
-            _write_rows_table(results, temporaries[1])
+        _write_files(results, temporaries, output_format(path), attributes or {})
     return targets

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import clapper.logging
@@ -18,7 +19,7 @@ import click
 import torch
 from clapper.click import AliasedGroup, verbosity_option
 
-from .. import model_files, pretrained, runtimes, settings
+from .. import atomic, devices, model_files, pretrained, runtimes, settings
 from ..errors import CheckpointError, ModelDownloadError, RuntimeBuildError, SettingsError
 from ..preprocessor.audio import EmbeddingExtractor
 from . import extract as extraction
@@ -33,6 +34,7 @@ MODEL_ERRORS = (
     FileNotFoundError,
     IsADirectoryError,
     PermissionError,
+    OSError,  # a model path that is not a regular file
 )
 #: Values of ``--backend``: the runtimes of the network's frame body (see :mod:`bob.learn.pytorch.runtimes`).
 BACKEND_CHOICES = runtimes.RUNTIMES
@@ -117,11 +119,18 @@ def load_extractor(
 
 
 def parse_device(device: str) -> torch.device:
-    """``--device`` as a torch device; a usage error (exit status 2) when torch does not know it."""
+    """``--device`` as a torch device, checked before any work.
+
+    A usage error (exit status 2) when torch does not know it or it can never
+    compute embeddings (``meta``, ``cpu:1``); a one-line error (exit status 1)
+    when this machine cannot reach it (``cuda`` without a GPU, ``mps`` off a Mac).
+    """
     try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as error:
+        return devices.check_device(device)
+    except ValueError as error:
         raise click.BadParameter(_one_line(error), param_hint="'--device'") from None
+    except RuntimeError as error:
+        raise ModelUnavailable(f"cannot load the model on device '{device}': {_one_line(error)}") from None
 
 
 def check_backend(backend: str) -> str:
@@ -316,6 +325,7 @@ def extract_audio(
     try:
         extraction.output_format(output)
         items, problems = extraction.collect_inputs(inputs)
+        extraction.check_names(items, output)
     except ValueError as error:  # unknown output suffix or two recordings with one name
         raise click.UsageError(_one_line(error)) from None
     report_failures(problems)
@@ -323,11 +333,33 @@ def extract_audio(
         raise click.ClickException("no recording to embed")
     parse_device(device)
     check_backend(backend)
-    check_output_folder(output)
+    created = check_output_folder(output)
+    try:
+        _extract_and_write(items, problems, output, model_file, record, device, trust_checkpoint, backend,
+                           chunk_length, batch_size, quiet)
+    except BaseException:
+        atomic.remove_empty_folders(created)  # a failed run leaves no folder it made
+        raise
+
+
+def _extract_and_write(
+    items: Sequence[extraction.AudioInput],
+    problems: Sequence[extraction.Failure],
+    output: str,
+    model_file: Optional[str],
+    record: pretrained.PretrainedNetwork,
+    device: str,
+    trust_checkpoint: bool,
+    backend: str,
+    chunk_length: int,
+    batch_size: int,
+    quiet: bool,
+) -> None:
     extractor = load_extractor(model_file, record, device, trust_checkpoint, backend)
+    attributes = _output_attributes(extractor, chunk_length)
+    rehearse_output(items, output, attributes, extractor.bn_dim)
     results, failures = run_extraction(extractor, items, chunk_length, batch_size, show_progress=_interactive(quiet))
     if results:
-        attributes = _output_attributes(extractor, chunk_length)
         try:
             written = extraction.write_output(results, output, attributes)
         except (OSError, ValueError) as error:
@@ -342,21 +374,36 @@ def extract_audio(
         raise click.ClickException(f"{failed} of {failed + len(results)} inputs failed ({kept})")
 
 
-def check_output_folder(output: str) -> None:
-    """Create the output's folder and check that it is writable, before any work is done."""
+def rehearse_output(items: Sequence[extraction.AudioInput], output: str, attributes: dict, width: int) -> None:
+    """Stop before any work if the final write would fail (see :func:`extract.rehearse_output`)."""
+    try:
+        extraction.rehearse_output(items, output, attributes, width)
+    except (OSError, ValueError, TypeError) as error:  # UnicodeEncodeError is a ValueError
+        raise click.ClickException(f"cannot write {output}: {_one_line(error)} (nothing was embedded)") from None
+
+
+def check_output_folder(output: str) -> List[Path]:
+    """Create the output's folder and check that it is writable, before any work is done.
+
+    Returns the folders created, for :func:`~bob.learn.pytorch.atomic.remove_empty_folders`.
+    """
     folder = os.path.dirname(os.path.abspath(output))
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise click.ClickException(f"cannot write {output}: {folder} is a file, not a folder")
     try:
-        os.makedirs(folder, exist_ok=True)
+        created = atomic.make_folders(folder)
     except OSError as error:
         raise click.ClickException(f"cannot create the output folder {folder}: {error.strerror}") from None
     if not os.access(folder, os.W_OK | os.X_OK):
+        atomic.remove_empty_folders(created)
         raise click.ClickException(f"cannot write to the output folder {folder}")
-    if extraction.output_format(output) == "npy":
-        table = extraction.rows_table_path(output)
-        if os.path.isdir(table):
-            raise click.ClickException(f"cannot write {output}: its row table {table} is a folder")
+    for target in extraction.output_files(output):
+        reason = atomic.not_regular_file_reason(target)
+        if reason:
+            atomic.remove_empty_folders(created)
+            which = "it" if str(target) == output else f"its row table {target}"
+            raise click.ClickException(f"cannot write {output}: {which} is {reason}")
+    return created
 
 
 def _interactive(quiet: bool) -> bool:
@@ -464,13 +511,15 @@ def describe_model(entry: "model_files.ModelFileInfo") -> List[str]:
         state = "present"
     elif os.path.isdir(entry.path):
         state = "a folder, not a file: point the setting to the model file"
+    elif atomic.not_regular_file_reason(entry.path):
+        state = f"{atomic.not_regular_file_reason(entry.path)}: point the setting to the model file"
     else:
         state = "missing: downloaded on first use"
     return [
         f"{record.title} (--network {record.name})",
         f"  model file:   {entry.path} [{state}]",
         f"    from:       {entry.path_source}",
-        f"  download URL: {entry.url}",
+        f"  download URL: {settings.redact_url(entry.url)}",
         f"    from:       {entry.url_source}",
         f"  sha256:       {entry.sha256 or 'not checked (none known for this URL)'}",
     ]
@@ -484,9 +533,10 @@ def describe_settings() -> List[str]:
     lines.append("settings (bob config set KEY VALUE):")
     keys = [key for record in pretrained.records() for key in setting_keys(record)]
     keys.append(model_files.DOWNLOAD_TIMEOUT_KEY)
+    keys += [model_files.DEADLINE_KEY, model_files.MIN_RATE_KEY]
     for key in keys:
         value = settings.get_setting(key)
-        lines.append(f"  {key} = {value.value!r}  ({value.file})" if value else f"  {key}: not set")
+        lines.append(f"  {key} = {settings.shown(value.value)!r}  ({value.file})" if value else f"  {key}: not set")
     return lines
 
 

@@ -2,6 +2,7 @@
 
 Only 127.0.0.1 is used; nothing here touches the network.
 """
+import gzip
 import hashlib
 import http.server
 import os
@@ -10,7 +11,10 @@ from collections import deque
 from typing import Deque, Dict, List, Tuple
 
 #: What the server does for one request.
-MODES = ("ok", "404", "500", "truncated", "html", "garbage", "slow", "trickle", "no_length")
+MODES = (
+    "ok", "404", "500", "truncated", "html", "garbage", "slow", "trickle", "no_length",
+    "drip", "endless", "gzip", "gzip_bomb", "huge_length", "drip_headers", "stall_no_length",
+)
 
 
 class ModelServer:
@@ -112,17 +116,59 @@ def _handler_for(server: ModelServer):
                 for start in range(0, len(body), step):
                     self.wfile.write(body[start : start + step])
                     server._stop.wait(0.05)
+            elif mode == "drip":  # one byte every 20 ms, until the client gives up or the server stops
+                self._headers(200, len(body), "application/octet-stream")
+                self._until_stopped(lambda index: body[index % len(body) : index % len(body) + 1], 0.02)
+            elif mode == "drip_headers":  # a header line without end, one byte every 20 ms
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Padding: ")
+                self._until_stopped(lambda index: b"x", 0.02)
+            elif mode == "stall_no_length":  # a body ended by closing the connection: a start, then nothing
+                self._headers(200, None, "application/octet-stream")
+                self.wfile.write(body[:1000])
+                self.wfile.flush()
+                server._stop.wait()
+                self.close_connection = True
+            elif mode == "endless":  # zeros without end, as fast as the client takes them
+                self._headers(200, None, "application/octet-stream")
+                self._until_stopped(lambda index: bytes(1 << 16), 0)
+            elif mode == "gzip":  # the model, compressed although the client asked for identity
+                self._answer(200, gzip.compress(body, compresslevel=1), "application/octet-stream", "gzip")
+            elif mode == "gzip_bomb":  # 64 MiB of zeros in about 64 kB
+                bomb = gzip.compress(bytes(64 << 20), compresslevel=9)
+                self._answer(200, bomb, "application/octet-stream", "gzip")
+            elif mode == "huge_length":  # announces a body of a terabyte
+                self._headers(200, 1 << 40, "application/octet-stream")
+                self.wfile.write(body[:1000])
+                self.close_connection = True
             else:
                 self._answer(200, body, "application/octet-stream")
 
-        def _headers(self, status: int, length: int, content_type: str) -> None:
+        def _until_stopped(self, piece, pause: float) -> None:
+            index = 0
+            try:
+                while not server._stop.is_set():
+                    self.wfile.write(piece(index))
+                    self.wfile.flush()
+                    index += 1
+                    if pause:
+                        server._stop.wait(pause)
+            except OSError:  # the client gave up
+                pass
+            self.close_connection = True
+
+        def _headers(self, status: int, length, content_type: str, encoding: str = "") -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(length))
+            if encoding:
+                self.send_header("Content-Encoding", encoding)
+            if length is None:
+                self.send_header("Connection", "close")
+            else:
+                self.send_header("Content-Length", str(length))
             self.end_headers()
 
-        def _answer(self, status: int, body: bytes, content_type: str) -> None:
-            self._headers(status, len(body), content_type)
+        def _answer(self, status: int, body: bytes, content_type: str, encoding: str = "") -> None:
+            self._headers(status, len(body), content_type, encoding)
             self.wfile.write(body)
 
     return Handler

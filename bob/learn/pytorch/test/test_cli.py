@@ -176,7 +176,7 @@ def test_ctrl_c_stops_extract_audio_with_an_error_status_and_no_output(tmp_path,
         process.kill()
     assert status == 1, rest  # click's status for an interrupted command, not dask_jobqueue's sys.exit() (0)
     assert "Aborted!" in rest
-    assert not output.exists() and not list(output.parent.iterdir())
+    assert not output.parent.exists()  # the folder the run created is removed with it
 
 
 def test_log_messages_are_printed_once_by_the_bob_command(tmp_path, drn_file):
@@ -812,3 +812,133 @@ def test_a_named_runtime_that_fails_its_check_is_named_not_blamed_on_the_device(
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: --backend onnxruntime: ONNX Runtime's network differs from the eager one")
     assert "device" not in result.stderr and not (tmp_path / "x.h5").exists()
+
+
+# -- a run never loses its work at the end (issue 19, group 3) ------------------------------------
+
+
+@pytest.fixture
+def no_embedding(monkeypatch):
+    """Fail the test if any recording is embedded."""
+    monkeypatch.setattr(extract, "embed_inputs", lambda *args, **kwargs: pytest.fail("nothing may be embedded"))
+
+
+def test_a_name_that_is_also_a_group_is_refused_before_any_work(tmp_path, monkeypatch):
+    recordings = tmp_path / "rec"
+    (recordings / "sub").mkdir(parents=True)
+    shutil.copy(SPEECH / GOOD[0], recordings / "sub.wav")
+    shutil.copy(SPEECH / GOOD[1], recordings / "sub" / "x.wav")
+    monkeypatch.setattr(cli, "load_extractor", lambda *args: pytest.fail("the model must not be loaded"))
+    result = run("extract-audio", recordings, "-o", tmp_path / "out" / "o.h5")
+    assert result.exit_code == 2
+    assert f"'sub' would be both a recording and a group of recordings in {tmp_path / 'out' / 'o.h5'}" in result.stderr
+    assert f"{recordings / 'sub.wav'} and {recordings / 'sub' / 'x.wav'}" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_same_names_are_fine_in_a_csv(tmp_path, drn_file):
+    recordings = tmp_path / "rec"
+    (recordings / "sub").mkdir(parents=True)
+    shutil.copy(SPEECH / GOOD[0], recordings / "sub.wav")
+    shutil.copy(SPEECH / GOOD[1], recordings / "sub" / "x.wav")
+    result = run("extract-audio", recordings, "-o", tmp_path / "o.csv", "--model", drn_file)
+    assert result.exit_code == 0, result.stderr
+    names = [row[0] for row in csv.reader((tmp_path / "o.csv").open())][1:]
+    assert sorted(names) == ["sub", "sub/x"]
+
+
+def test_a_folder_whose_name_is_not_utf8_fails_alone_before_any_work(tmp_path, drn_file):
+    folder = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9"))
+    folder.mkdir()
+    shutil.copy(SPEECH / GOOD[0], folder / "a.wav")
+    result = run("extract-audio", folder / "a.wav", SPEECH / GOOD[1], "-o", tmp_path / "o.h5", "--model", drn_file)
+    assert result.exit_code == 1
+    assert "a folder of its path is not UTF-8 text: rename the folder" in result.stderr
+    assert list(hdf5_contents(tmp_path / "o.h5")) == [Path(GOOD[1]).stem]
+
+
+def test_a_model_path_the_output_cannot_hold_stops_before_any_work(tmp_path, drn_file, no_embedding):
+    folder = Path(os.fsdecode(bytes(tmp_path) + b"/mod\xe8les"))
+    folder.mkdir()
+    model = folder / "drn34.pth.tar"
+    shutil.copy(drn_file, model)
+    result = run("extract-audio", SPEECH / GOOD[0], "-o", tmp_path / "out" / "o.h5", "--model", model)
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: cannot write {tmp_path / 'out' / 'o.h5'}: ")
+    assert result.stderr.strip().endswith("(nothing was embedded)")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".npy"])
+def test_an_output_that_is_a_fifo_is_refused_before_any_work(tmp_path, suffix, monkeypatch):
+    target = tmp_path / f"o{suffix}"
+    os.mkfifo(target if suffix == ".h5" else tmp_path / "o.rows.csv")
+    monkeypatch.setattr(cli, "load_extractor", lambda *args: pytest.fail("the model must not be loaded"))
+    result = run("extract-audio", SPEECH / GOOD[0], "-o", target)
+    assert result.exit_code == 1
+    assert "is not a regular file (a FIFO (named pipe))" in result.stderr
+
+
+def test_replacing_an_output_keeps_its_permission_bits_and_its_link(tmp_path, drn_file):
+    real = tmp_path / "runs" / "o.h5"
+    real.parent.mkdir()
+    real.write_text("previous run")
+    real.chmod(0o600)
+    link = tmp_path / "latest.h5"
+    link.symlink_to(real)
+    result = run("extract-audio", SPEECH / GOOD[0], "-o", link, "--model", drn_file)
+    assert result.exit_code == 0, result.stderr
+    assert link.is_symlink() and list(hdf5_contents(real)) == [Path(GOOD[0]).stem]
+    assert oct(real.stat().st_mode & 0o777) == oct(0o600)
+    assert sorted(path.name for path in real.parent.iterdir()) == ["o.h5"]
+
+
+def test_a_failed_run_leaves_no_folder_it_made(tmp_path, drn_file, bad_inputs):
+    output = tmp_path / "new" / "deeper" / "o.h5"
+    result = run("extract-audio", *bad_inputs, "-o", output, "--model", drn_file)
+    assert result.exit_code == 1 and "nothing written" in result.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_failed_run_keeps_a_folder_that_was_there(tmp_path, drn_file, bad_inputs):
+    (tmp_path / "there").mkdir()
+    result = run("extract-audio", *bad_inputs, "-o", tmp_path / "there" / "o.h5", "--model", drn_file)
+    assert result.exit_code == 1
+    assert (tmp_path / "there").is_dir()
+
+
+@pytest.mark.parametrize(
+    "device, status, message",
+    [
+        ("cpu:1", 2, "the CPU has no index other than 0"),
+        ("meta", 2, "holds no data and cannot compute embeddings"),
+        ("mps", 1, "Error: cannot load the model on device 'mps': device 'mps' asked for, but PyTorch finds no Apple GPU"),
+    ],
+)
+def test_devices_the_machine_cannot_use_are_named_before_any_work(tmp_path, drn_file, device, status, message):
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("an Apple GPU is there")
+    result = run("extract-audio", SPEECH / GOOD[0], "-o", tmp_path / "out" / "o.h5", "--model", drn_file, "-d", device)
+    assert result.exit_code == status
+    assert message in result.stderr and "checkpoint" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_stale_temporary_outputs_of_a_killed_run_are_removed(tmp_path, drn_file):
+    from bob.learn.pytorch.atomic import temporary_name
+
+    output = tmp_path / "o.h5"
+    stale = temporary_name(output)
+    stale = stale.with_name(stale.name.replace(f".{os.getpid()}.", ".999999999."))
+    stale.write_bytes(b"half an output")
+    result = run("extract-audio", SPEECH / GOOD[0], "-o", output, "--model", drn_file)
+    assert result.exit_code == 0, result.stderr
+    assert not stale.exists() and output.exists()
+
+
+def test_info_never_shows_the_credentials_of_an_address(isolated_settings):
+    write_settings(isolated_settings, {DRN_URL_KEY: "https://alice:s3cret@mirror.example/drn.pth.tar"})
+    result = run("info")
+    assert result.exit_code == 0, result.stderr
+    assert "https://***@mirror.example/drn.pth.tar" in result.stdout
+    assert "alice" not in result.stdout and "s3cret" not in result.stdout

@@ -333,3 +333,146 @@ def test_progress_goes_to_the_log_elsewhere(caplog):
 def test_download_options_are_checked(kwargs):
     with pytest.raises(ValueError):
         DownloadOptions(**kwargs)
+
+
+# -- bounds: deadline, minimum rate, size cap (issue 19, group 1) --------------------------------
+
+DEADLINE_HINT = "bob config set bob.learn.pytorch.extractor.audio.download_deadline SECONDS"
+RATE_HINT = "bob config set bob.learn.pytorch.extractor.audio.download_min_rate KB_PER_SECOND"
+
+
+def bounded(**kwargs):
+    values = dict(connect_timeout=2.0, read_timeout=2.0, attempts=3, backoff=0.01, progress=False)
+    values.update(kwargs)
+    return DownloadOptions(**values)
+
+
+def test_a_server_sending_a_byte_at_a_time_meets_the_deadline(server, folder):
+    """Each byte comes well within the read timeout: only the overall deadline ends the download."""
+    message = fail(server, folder, "drip", options=bounded(deadline=0.5, min_rate=0))
+    assert "did not finish within its deadline of 0.5 s" in message
+    assert DEADLINE_HINT in message
+    assert server.requests == [("drn34.pth.tar", "drip")]  # a deadline is not retried
+
+
+def test_a_server_dripping_its_headers_meets_the_deadline(server, folder):
+    """The headers come a byte at a time, each within the read timeout: the deadline ends the wait all the same."""
+    message = fail(server, folder, "drip_headers", options=bounded(deadline=0.5, min_rate=0, attempts=1))
+    assert "did not finish within its deadline of 0.5 s" in message
+    assert server.requests == [("drn34.pth.tar", "drip_headers")]
+
+
+def test_a_body_without_length_cut_by_the_deadline_is_not_taken_as_complete(server, folder):
+    """The server stalls within the read timeout; the watchdog's shutdown looks like the end of the body."""
+    message = fail(server, folder, "stall_no_length", options=bounded(deadline=0.5, read_timeout=5.0, attempts=1))
+    assert "did not finish within its deadline of 0.5 s (1000 bytes received)" in message
+    assert "not a usable checkpoint" not in message
+
+
+def test_the_deadline_covers_the_retries_and_their_waits(server, folder):
+    """Server errors retried after waits of 0.4 s, 0.8 s, ...: the deadline of 0.5 s ends it, not the attempts."""
+    message = fail(server, folder, *["500"] * 5, options=bounded(deadline=0.5, attempts=5, backoff=0.4))
+    assert "did not finish within its deadline of 0.5 s" in message
+    assert "gave up" not in message
+    assert 1 <= len(server.requests) < 5
+
+
+def test_a_server_below_the_minimum_rate_is_left(server, folder):
+    message = fail(server, folder, "drip", options=bounded(deadline=60, min_rate=1e9, rate_window=0.2))
+    assert "below the minimum of 1e+06 kB/s" in message
+    assert RATE_HINT in message
+    assert len(server.requests) == 1
+
+
+def test_an_endless_body_stops_at_the_size_cap(server, folder):
+    message = fail(server, folder, "endless", options=bounded(max_bytes=1 << 20))
+    assert f"the server sent more than {1 << 20} bytes" in message
+    assert len(server.requests) == 1
+
+
+def test_a_compressed_bomb_is_expanded_only_up_to_the_cap(server, folder, monkeypatch):
+    """64 MiB of zeros in 64 kB of gzip: never more than a chunk expanded in memory, nor the cap on disk."""
+    from bob.learn.pytorch import download
+
+    sizes = []
+    pieces = download._Expander.pieces
+
+    def recording(self, data):
+        for piece in pieces(self, data):
+            sizes.append(len(piece))
+            yield piece
+
+    monkeypatch.setattr(download._Expander, "pieces", recording)
+    message = fail(server, folder, "gzip_bomb", options=bounded(max_bytes=1 << 20, chunk_size=1 << 16))
+    assert f"the server sent more than {1 << 20} bytes" in message
+    assert max(sizes) <= 1 << 16 and sum(sizes) <= (1 << 20) + (1 << 16)
+
+
+def test_a_compressed_model_is_expanded_and_checked(server, folder, payloads):
+    """A server that compresses although asked for identity: the expanded bytes are what is written and hashed."""
+    server.then("gzip")
+    digest = hashlib.sha256(payloads["drn34.pth.tar"]).hexdigest()
+    target = folder / "drn34.pth.tar"
+    download_model(DRN, str(target), server.url("drn34.pth.tar"), sha256=digest, options=FAST)
+    assert target.read_bytes() == payloads["drn34.pth.tar"]
+
+
+def test_an_announced_size_beyond_the_cap_is_refused_before_reading(server, folder):
+    message = fail(server, folder, "huge_length")
+    assert f"the server sent more than {download_cap(DRN)} bytes" in message
+    assert len(server.requests) == 1
+
+
+def download_cap(record):
+    from bob.learn.pytorch.download import model_size_cap
+
+    return model_size_cap(record)
+
+
+def test_the_default_cap_is_a_generous_multiple_of_the_weights(payloads):
+    for record, name in ((DRN, "drn34.pth.tar"), (RN, "rn34.pth.tar")):
+        assert 3 * len(payloads[name]) < download_cap(record) < 5 * len(payloads[name])
+
+
+def test_the_default_options_bound_every_download():
+    options = DownloadOptions()
+    assert (options.deadline, options.min_rate, options.rate_window, options.max_bytes) == (3600.0, 20_000.0, 60.0, None)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"read_timeout": float("inf")},
+        {"connect_timeout": 1e300},
+        {"deadline": float("nan")},
+        {"deadline": 0},
+        {"rate_window": -1},
+        {"min_rate": -1},
+        {"min_rate": float("inf")},
+        {"max_bytes": 0},
+    ],
+)
+def test_durations_that_would_break_the_socket_layer_are_refused(kwargs):
+    with pytest.raises(ValueError, match=f"download {next(iter(kwargs))} must be"):
+        DownloadOptions(**kwargs)
+
+
+def test_credentials_in_the_address_never_appear_in_messages_or_logs(server, folder, caplog):
+    url = server.url("drn34.pth.tar").replace("http://", "http://alice:s3cr%40t@")
+    server.then("500", "404")
+    with caplog.at_level(logging.DEBUG, logger="bob.learn.pytorch"):  # the commands set it to ERROR
+        with pytest.raises(ModelDownloadError) as caught:
+            download_model(DRN, str(folder / "drn34.pth.tar"), url, options=FAST)
+    message = str(caught.value)
+    assert "http://***@127.0.0.1" in message and "404" in message
+    assert caught.value.__cause__ is None  # the cause might quote the address
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "http://***@127.0.0.1" in logged
+    for text in (message, logged):
+        assert "alice" not in text and "s3cr" not in text
+
+
+def test_credentials_in_a_malformed_address_are_not_quoted(folder):
+    with pytest.raises(ModelDownloadError) as caught:
+        download_model(DRN, str(folder / "drn34.pth.tar"), "htp://alice:secret@127.0.0.1/x", options=FAST)
+    assert "secret" not in str(caught.value) and "alice" not in str(caught.value)

@@ -390,3 +390,73 @@ def test_downloaded_file_hash_is_that_of_the_served_bytes(isolated_settings, ser
     with pytest.raises(ModelDownloadError, match="sha256 mismatch"):
         ensure_model_file(DRN, options=FAST)
     assert os.listdir(data_dir) == []
+
+
+# -- settings that pass a type check but would break the download (issue 19) ----------------------
+
+AUDIO = "[bob.learn.pytorch.extractor.audio]\n"
+
+
+@pytest.mark.parametrize("value", ["inf", "1e300", "nan", "-3", "0", "true", "'never'"])
+@pytest.mark.parametrize("key", ["download_timeout", "download_deadline"])
+def test_durations_beyond_what_a_socket_takes_are_refused_naming_key_and_file(isolated_settings, key, value):
+    toml = write_toml(isolated_settings, f"{AUDIO}{key} = {value}\n")
+    with pytest.raises(SettingsError) as caught:
+        download_options()
+    message = str(caught.value)
+    assert f"setting bob.learn.pytorch.extractor.audio.{key} in {toml} must be a positive number of seconds" in message
+    assert "(finite, at most 1e+06)" in message
+
+
+def test_the_same_check_for_the_legacy_json_file(isolated_settings):
+    legacy = write_json(isolated_settings / ".bobrc", {DOWNLOAD_TIMEOUT_KEY: float("inf")})
+    with pytest.raises(SettingsError, match=f"{DOWNLOAD_TIMEOUT_KEY} in {legacy} must be a positive number"):
+        download_options()
+
+
+def test_deadline_and_minimum_rate_settings(isolated_settings):
+    write_toml(isolated_settings, f"{AUDIO}download_deadline = 600\ndownload_min_rate = 0\n")
+    options = download_options()
+    assert (options.deadline, options.min_rate) == (600.0, 0.0)
+    write_toml(isolated_settings, f"{AUDIO}download_min_rate = 2.5\n")
+    assert download_options().min_rate == 2500.0
+    write_toml(isolated_settings, f"{AUDIO}download_min_rate = -1\n")
+    with pytest.raises(SettingsError, match="download_min_rate in .* must be a number of kilobytes per second >= 0"):
+        download_options()
+
+
+@pytest.mark.parametrize("value", ["abc", "ab" * 31, "ab" * 33, "g" * 64, "sha256:" + "ab" * 32])
+def test_a_malformed_sha256_setting_is_refused_naming_key_and_file(isolated_settings, value):
+    toml = write_toml(isolated_settings, f'{AUDIO}drn_sha256 = "{value}"\n')
+    with pytest.raises(SettingsError) as caught:
+        resolve_sha256(DRN, "http://mirror/x")
+    assert f"setting {DRN.sha256_key} in {toml} must be a sha256 digest (64 hexadecimal digits)" in str(caught.value)
+
+
+@pytest.mark.parametrize("value", ["ftp://host/x", "file:///tmp/x", "/tmp/model.pth.tar", "http://", "https://[::1/x"])
+def test_a_url_setting_that_is_not_http_is_refused_naming_key_and_file(isolated_settings, value):
+    toml = write_toml(isolated_settings, f'{AUDIO}drn_url = "{value}"\n')
+    with pytest.raises(SettingsError, match=f"setting {DRN.url_key} in {toml} must be an http:// or https:// address"):
+        resolve_model_url(DRN)
+
+
+def test_credentials_of_a_url_setting_stay_out_of_messages_and_logs(isolated_settings, data_dir, caplog, server):
+    url = server.url("missing.pth.tar").replace("http://", "http://alice:pa55@")
+    write_toml(isolated_settings, f'{AUDIO}drn_url = "{url}"\n')
+    import logging
+
+    with caplog.at_level(logging.DEBUG, logger="bob.learn.pytorch"):  # the commands set it to ERROR
+        with pytest.raises(ModelDownloadError) as caught:
+            ensure_model_file(DRN, options=FAST)
+        [info] = describe_model_files([DRN])
+    assert info.url == url  # the value itself is kept, for the download
+    texts = [str(caught.value)] + [record.getMessage() for record in caplog.records]
+    assert any("http://***@127.0.0.1" in text for text in texts[1:])
+    assert not any("alice" in text or "pa55" in text for text in texts)
+
+
+def test_bad_settings_stop_the_extractor_before_any_download(isolated_settings, data_dir, server):
+    write_toml(isolated_settings, f'{AUDIO}drn_url = "{server.url("drn34.pth.tar")}"\ndownload_timeout = inf\n')
+    with pytest.raises(SettingsError, match="download_timeout"):
+        DltResNetExtractor()
+    assert server.requests == []

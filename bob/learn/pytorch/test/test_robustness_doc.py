@@ -1,4 +1,6 @@
 """Every row of doc/robustness.rst is checked against the code."""
+import logging
+import os
 import pickle
 import re
 import zipfile
@@ -19,9 +21,10 @@ NOISE = numpy.random.RandomState(7).randint(-3000, 3000, 16000).astype(numpy.int
 SPECS = numpy.random.RandomState(7).rand(300, 257)
 
 
-def table_rows():
-    """(input, exception, message) triplets of the list-table, header excluded."""
-    cells = re.findall(r"^   [* ] - (.*)$", TABLE.read_text(), flags=re.MULTILINE)
+def table_rows(table: int = 0):
+    """(input, outcome, message) triplets of list-table number ``table`` of the page, header excluded."""
+    text = TABLE.read_text().split(".. list-table::")[1 + table]
+    cells = re.findall(r"^   [* ] - (.*)$", text, flags=re.MULTILINE)
     rows = [tuple(cells[i : i + 3]) for i in range(0, len(cells), 3)]
     return rows[1:]
 
@@ -131,30 +134,78 @@ def cases(extractor, tmp_path, drn_file, rn_file, monkeypatch):
         "HDF5 file without a ``feats``": lambda: _hdf5_case("no_feats", extractor, tmp_path),
         "file that is not HDF5": lambda: _hdf5_case("text", extractor, tmp_path),
         "unwritable output path": lambda: extractor.write_data(numpy.zeros((1, 128)), str(tmp_path / "blocker" / "e.h5")),
+        "digital silence": lambda: extractor((16000, NOISE * 1e-300)),
+        "recording at another rate whose resampling": lambda: extractor((44100, numpy.zeros(52920037, numpy.int16))),
+        '``device="cpu:1"``': lambda: DltResNetExtractor(str(drn_file), device="cpu:1"),
+        '``device="meta"``': lambda: DltResNetExtractor(str(drn_file), device="meta"),
+        '``device="mps"``': lambda: _without_mps(drn_file, monkeypatch),
+        "``model_file`` given as ``bytes``": lambda: DltResNetExtractor(bytes(drn_file))((16000, NOISE)),
+        "``model_file`` naming a FIFO": lambda: DltResNetExtractor(str(_fifo(tmp_path / "model.pth.tar"))),
     }
+
+
+def _without_mps(drn_file, monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    return DltResNetExtractor(str(drn_file), device="mps")
+
+
+def _fifo(path):
+    os.mkfifo(path)
+    return path
 
 
 def test_table_covers_every_case():
     rows = table_rows()
-    assert len(rows) == 35
+    assert len(rows) == 42
     assert all(len(row) == 3 for row in rows)
+    assert len(table_rows(1)) == 24
+    assert all(len(row) == 3 for row in table_rows(1))
 
 
 def _exception_class(name):
     return getattr(package, name, None) or {"ValueError": ValueError, "TypeError": TypeError, "ImportError": ImportError,
-                                            "OSError": OSError, "FileNotFoundError": FileNotFoundError}[name]
+                                            "OSError": OSError, "FileNotFoundError": FileNotFoundError,
+                                            "MemoryError": MemoryError, "RuntimeError": RuntimeError}[name]
+
+
+WARNING_LOGGED = "a warning is logged once per recording: "
 
 
 @pytest.mark.parametrize("row", table_rows(), ids=lambda row: row[0][:40])
-def test_documented_outcome(row, drn_extractor, tmp_path, drn_file, rn_file, capsys, monkeypatch):
+def test_documented_outcome(row, drn_extractor, tmp_path, drn_file, rn_file, capsys, caplog, monkeypatch):
     described, outcome, message = row
     known = cases(drn_extractor, tmp_path, drn_file, rn_file, monkeypatch)
     call = next((action for prefix, action in known.items() if described.startswith(prefix)), None)
     assert call is not None, f"no test case for documented row {described!r}"
     if outcome == "accepted":
-        assert call().shape == (1, 128)
+        with caplog.at_level(logging.WARNING, logger="bob.learn.pytorch"):
+            assert call().shape == (1, 128)
+        if message.startswith(WARNING_LOGGED):
+            logged = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+            assert len(logged) == 1 and message[len(WARNING_LOGGED) :] in logged[0]
         return
     with pytest.raises(_exception_class(outcome.strip("`"))) as error:
         call()
     assert message in str(error.value)
     assert "payload ran" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("row", table_rows(1), ids=lambda row: row[0][:40])
+def test_documented_outcome_around_the_extractor(row, tmp_path, drn_file, isolated_settings, server, monkeypatch):
+    """Rows of the second table: exceptions, exit statuses of ``bob pytorch``, or a description of what was kept."""
+    from . import robustness_cases
+
+    described, outcome, message = row
+    message = message.strip("`")
+    known = robustness_cases.cases(tmp_path, drn_file, isolated_settings, server, monkeypatch)
+    call = next((action for prefix, action in known.items() if described.startswith(prefix)), None)
+    assert call is not None, f"no test case for documented row {described!r}"
+    if outcome == "accepted":
+        assert message in call()
+    elif outcome.startswith("exit status "):
+        status, text = call()
+        assert (status, message in text) == (int(outcome.split()[-1]), True), text
+    else:
+        with pytest.raises(_exception_class(outcome.strip("`"))) as error:
+            call()
+        assert message in str(error.value)

@@ -23,6 +23,7 @@ import torch
 from ... import io, pretrained
 from ...bob_imports import Preprocessor
 from ...checkpoint import clean_state_dict, load_state_dict_strictly, read_checkpoint
+from ...devices import check_device
 from ...download import expected_parameter_names
 from ...embedding import whole_number
 from ...model_files import ensure_model_file
@@ -35,22 +36,6 @@ logger = logging.getLogger(__name__)
 
 DeviceLike = Union[str, torch.device]
 PathLike = Union[str, "os.PathLike[str]"]
-
-
-def require_usable_device(device: torch.device) -> None:
-    """Raise ``RuntimeError`` if ``device`` is a CUDA device that this PyTorch cannot reach."""
-    if device.type != "cuda":
-        return
-    if not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device '{device}' asked for, but PyTorch finds no CUDA device (a CPU-only build of torch, or no "
-            "GPU visible to this process); use device='cpu'"
-        )
-    count = torch.cuda.device_count()
-    if device.index is not None and device.index >= count:
-        raise RuntimeError(
-            f"device '{device}' asked for, but PyTorch finds {count} CUDA device(s): cuda:0 to cuda:{count - 1}"
-        )
 
 
 class EmbeddingExtractor(Preprocessor):
@@ -112,8 +97,7 @@ class EmbeddingExtractor(Preprocessor):
         self.model_file = model_file
         self.test = test
         self.trust_checkpoint = trust_checkpoint
-        self.device = torch.device("cpu" if device is None else device)
-        require_usable_device(self.device)
+        self.device = check_device("cpu" if device is None else device)
         self.backend = check_runtime_name(backend)
         self.model_path: Optional[str] = None
         # copies made by pickling share this token: a process may load their network once for all of them
