@@ -307,7 +307,7 @@ def spectrogram(
     Examples
     --------
     >>> import numpy
-        >>> spectrogram(numpy.random.RandomState(0).randn(16000), 16000).shape
+    >>> spectrogram(numpy.random.RandomState(0).randn(16000), 16000).shape
     (98, 257)
     """
     signal = numpy.asarray(data, dtype=numpy.float64)

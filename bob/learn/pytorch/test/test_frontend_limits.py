@@ -7,7 +7,7 @@ import numpy
 import pytest
 import scipy.signal
 
-from bob.learn.pytorch.preprocessor.audio import frontend
+from bob.learn.pytorch import frontend
 from bob.learn.pytorch.frontend import (
     RESAMPLE_MEMORY_LIMIT,
     check_resample_memory,
