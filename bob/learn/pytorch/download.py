@@ -29,9 +29,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Iterator, List, Optional, Set
 
 import requests
-import torch
 
-from .checkpoint import clean_state_dict, read_checkpoint
 from .errors import CheckpointError, ModelDownloadError
 
 if TYPE_CHECKING:  # the extractor module imports this one: no import cycle at run time
@@ -315,6 +313,8 @@ def _fetch(url: str, partial: str, options: DownloadOptions, label: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _parameter_names(record: "PretrainedModel") -> frozenset:
+    import torch  # here, not at the top: importing the settings and download code stays free of torch
+
     with torch.device("meta"):
         return frozenset(record.build().state_dict())
 
@@ -333,6 +333,8 @@ def _validate(record: "PretrainedModel", partial: str, digest: str, sha256: Opti
     """Refuse a file with the wrong digest, or that is not a checkpoint of ``record``'s network."""
     if sha256 and digest != sha256.strip().lower():
         raise _Failure(f"sha256 mismatch: expected {sha256.strip().lower()}, got {digest}")
+    from .checkpoint import clean_state_dict, read_checkpoint  # imports torch
+
     try:
         content = read_checkpoint(partial, map_location="cpu", trust=trust)
         names = set(clean_state_dict(content, source="the downloaded file"))

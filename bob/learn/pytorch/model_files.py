@@ -13,6 +13,7 @@ In cases 2 and 3 a missing file is downloaded from the setting ``...drn_url`` /
 """
 import logging
 import os
+import socket
 from typing import TYPE_CHECKING, Any, List, NamedTuple, Optional, Sequence, Union
 
 from .download import DownloadOptions, download_model
@@ -38,6 +39,7 @@ __all__ = [
     "download_options",
     "ensure_model_file",
     "describe_model_files",
+    "missing_model_file_message",
 ]
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,7 @@ SOURCE_PACKAGE_DATA = "package data folder"
 SOURCE_PACKAGE_URL = "package default (Idiap)"
 #: User setting: seconds to wait for the download server (connection and each read).
 DOWNLOAD_TIMEOUT_KEY = "bob.learn.pytorch.extractor.audio.download_timeout"
+_SETTINGS_PREFIX = "bob.learn.pytorch.extractor.audio."
 
 
 class ModelLocation(NamedTuple):
@@ -242,6 +245,40 @@ def ensure_model_file(
         sha256=resolve_sha256(record, url.url),
         trust=trust,
         options=download_options() if options is None else options,
+    )
+
+
+def missing_model_file_message(path: PathLike) -> str:
+    """What to say when a model file that was resolved earlier is missing where it is opened.
+
+    A pipeline resolves the model path in the process that starts it (``bob bio
+    pipeline simple``), and every dask worker opens that same path, perhaps on
+    another host, which may not see the file. The message names the host, the
+    settings and the two ways to give every host the file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The model file that does not exist.
+
+    Returns
+    -------
+    str
+        One paragraph, without a trailing full stop.
+
+    Examples
+    --------
+    >>> message = missing_model_file_message("/models/drn34.pth.tar")
+    >>> message.startswith("model file /models/drn34.pth.tar does not exist on host ")
+    True
+    """
+    drn_key, rn_key = _SETTINGS_PREFIX + "drn_modelpath", _SETTINGS_PREFIX + "rn_modelpath"
+    return (
+        f"model file {os.fspath(path)} does not exist on host {socket.gethostname()}. A pipeline resolves "
+        f"its model file where it starts (setting {drn_key} or {rn_key}, else the package data folder) and "
+        "every dask worker opens that same path: put the file in a folder that every host sees at that path "
+        f"and run 'bob config set {drn_key} PATH' ({rn_key} for ResNet-34), or run 'bob pytorch "
+        "download-models' on each host beforehand, with the same setting"
     )
 
 
