@@ -88,7 +88,9 @@ def read_checkpoint(path: PathLike, map_location: Any = "cpu", trust: bool = Fal
         what the safe reader cannot read.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"model file {os.fspath(path)} does not exist")
+        from .model_files import missing_model_file_message  # model_files imports this module
+
+        raise FileNotFoundError(missing_model_file_message(path))
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"model file {os.fspath(path)} is empty (0 bytes); delete it and download it again")
     _check_header(path)
