@@ -33,7 +33,6 @@ from sklearn.pipeline import make_pipeline
 from .atomic import replacing
 from .bob_imports import CSVDatabase, FileSampleLoader
 from .io import utf8_encodable
-from .embedding import whole_number
 
 __all__ = ["read_speakers", "write_csv_protocol", "csv_database", "recordings_database"]
 
@@ -242,6 +241,8 @@ def write_csv_protocol(
         If there are no recordings, a recording has no speaker, or no file
         is left for probing.
     """
+    from .embedding import whole_number  # here: the module stays free of PyTorch for dask's scheduler
+
     enroll_per_speaker = whole_number("enroll_per_speaker", enroll_per_speaker, minimum=1)
     if group not in ("dev", "eval"):
         raise ValueError(f"group must be 'dev' or 'eval', got {group!r}")

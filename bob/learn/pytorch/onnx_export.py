@@ -4,8 +4,8 @@ Both exports leave the batch and time axes free, so one file serves every
 input length. They use :func:`torch.onnx.export` with its TorchScript-based
 tracer (``dynamo=False``): the ``torch.export`` based exporter writes the
 same operators for these plain convolutional networks but needs
-``onnxscript`` and took about ten times longer (19 s against 2 s for
-DltResNet-34), which every model load would pay.
+``onnxscript`` and is several times slower, a cost every model load would
+pay (measured in doc/performance.rst, "Runtimes tried and not kept").
 """
 import io
 import warnings

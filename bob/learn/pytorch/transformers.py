@@ -7,21 +7,25 @@ with a single ``embed_many`` call. It follows bob's transformer contract: the
 constructor only stores its arguments, nothing needs fitting, the network is
 loaded on first use in the process that embeds, and pickling (dask sending
 the transformer to its workers) leaves the network behind.
+
+This module imports neither PyTorch nor the networks: dask's scheduler
+unpickles the transformer in every task graph, and needs neither. A given
+extractor travels as an :class:`ExtractorRecipe` (its settings, the network by
+its registry name); the extractor is made again in the process that embeds.
 """
+import importlib
 import logging
 import os
 import threading
-from typing import Any, Hashable, Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Any, Dict, Hashable, Optional, Sequence, Union
 
 import numpy
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from . import io, pretrained
-from .embedding import as_list
-from .model_files import absolute_path
-from .preprocessor.audio import EmbeddingExtractor
+from . import io
 
-__all__ = ["AudioEmbeddingTransformer"]
+__all__ = ["AudioEmbeddingTransformer", "ExtractorRecipe"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +38,52 @@ _PROCESS_EXTRACTORS: dict = {}
 _PROCESS_LOCK = threading.Lock()
 
 
-def _process_extractor(key: Hashable, extractor: EmbeddingExtractor) -> EmbeddingExtractor:
+def _process_extractor(key: Hashable, extractor: Any) -> Any:
     """The extractor this process keeps for ``key`` (``extractor`` itself the first time)."""
     with _PROCESS_LOCK:
         return _PROCESS_EXTRACTORS.setdefault(key, extractor)
+
+
+@dataclass(frozen=True)
+class ExtractorRecipe:
+    """An extractor as it travels to another process, in plain values (no PyTorch object).
+
+    Attributes
+    ----------
+    cls : str
+        ``module:qualified name`` of the extractor's class.
+    state : dict
+        Its pickled state, with the network record replaced by its registry
+        name and the device by its text.
+    """
+
+    cls: str
+    state: Dict[str, Any]
+
+    @classmethod
+    def of(cls, extractor: Any) -> "ExtractorRecipe":
+        state = extractor.__getstate__()
+        state["pretrained"] = extractor.pretrained.name
+        state["device"] = str(extractor.device)
+        kind = type(extractor)
+        return cls(f"{kind.__module__}:{kind.__qualname__}", state)
+
+    @property
+    def instance_token(self) -> str:
+        return self.state["instance_token"]
+
+    def make(self) -> Any:
+        """The extractor again (its network loads on first use, as after unpickling)."""
+        import torch
+
+        from . import pretrained
+
+        module, _, name = self.cls.partition(":")
+        kind = getattr(importlib.import_module(module), name)
+        extractor = kind.__new__(kind)
+        record, device = pretrained.get(self.state["pretrained"]), torch.device(self.state["device"])
+        extractor.__setstate__(dict(self.state, pretrained=record, device=device))
+        return extractor
 
 
 class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
@@ -88,6 +134,7 @@ class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
     Examples
     --------
     >>> import numpy
+    >>> from bob.learn.pytorch.preprocessor.audio import EmbeddingExtractor
     >>> transformer = AudioEmbeddingTransformer(EmbeddingExtractor("dltresnet34", test=True))
     >>> noise = numpy.random.RandomState(0).randint(-3000, 3000, 16000).astype("int16")
     >>> embeddings = transformer.transform([(16000, noise), (16000, noise[:8000])])
@@ -106,8 +153,8 @@ class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
 
     def __init__(
         self,
-        extractor: Optional[EmbeddingExtractor] = None,
-        network: Optional[pretrained.NetworkLike] = None,
+        extractor: Optional[Any] = None,
+        network: Optional[Any] = None,
         use_res: bool = False,
         model_file: Optional[PathLike] = None,
         device: Optional[str] = None,
@@ -124,7 +171,7 @@ class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
 
     # -- the extractor, resolved on first use -------------------------------------------------
 
-    def _get_extractor(self) -> EmbeddingExtractor:
+    def _get_extractor(self) -> Any:
         extractor = self.__dict__.get("_extractor")
         if extractor is None:
             extractor = self._given_extractor() if self.extractor is not None else self._built_extractor()
@@ -132,18 +179,28 @@ class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
         return extractor
 
     def _network_name(self) -> str:
+        from . import pretrained
+
         if self.use_res and self.network is not None and pretrained.get(self.network).name != "resnet34":
             raise ValueError(f"use_res=True conflicts with network={self.network!r}; pass only network")
         return pretrained.get("resnet34" if self.use_res else self.network or "dltresnet34").name
 
-    def _built_extractor(self) -> EmbeddingExtractor:
+    def _built_extractor(self) -> Any:
+        from .model_files import absolute_path
+        from .preprocessor.audio import EmbeddingExtractor
+
         name = self._network_name()
         model_file = None if self.model_file is None else absolute_path(self.model_file)
         key = ("settings", name, model_file, str(self.device))
         known = _PROCESS_EXTRACTORS.get(key)
         return known or _process_extractor(key, EmbeddingExtractor(name, model_file, device=self.device))
 
-    def _given_extractor(self) -> EmbeddingExtractor:
+    def _given_extractor(self) -> Any:
+        from .preprocessor.audio import EmbeddingExtractor
+
+        if isinstance(self.extractor, ExtractorRecipe):  # a copy unpickled in this process
+            known = _PROCESS_EXTRACTORS.get(("instance", self.extractor.instance_token))
+            return known or _process_extractor(("instance", self.extractor.instance_token), self.extractor.make())
         if self.network is not None or self.use_res or self.model_file is not None or self.device is not None:
             raise ValueError(
                 "pass either an extractor or network/use_res/model_file/device to AudioEmbeddingTransformer, "
@@ -159,14 +216,23 @@ class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
         return _process_extractor(("instance", self.extractor.instance_token), self.extractor)
 
     def __getstate__(self) -> dict:
-        """The parameters without the loaded extractor; a relative ``model_file`` is made absolute here.
+        """The parameters without the loaded extractor, in plain values.
 
-        Workers unpickle the transformer in folders of their own: the path
-        must name the file that was meant where the pipeline was built.
+        A given extractor becomes an :class:`ExtractorRecipe`, so that
+        unpickling (in dask's scheduler, for instance) imports no PyTorch; an
+        extractor in ``test`` mode travels whole, with its random network. A
+        relative ``model_file`` is made absolute here: workers unpickle the
+        transformer in folders of their own, and the path must name the file
+        that was meant where the pipeline was built.
         """
         state = dict(super().__getstate__())  # a copy: the base class may hand out the live __dict__
         state.pop("_extractor", None)
+        extractor = state.get("extractor")
+        if extractor is not None and not isinstance(extractor, ExtractorRecipe) and not getattr(extractor, "test", True):
+            state["extractor"] = ExtractorRecipe.of(extractor)
         if state.get("model_file") is not None:
+            from .model_files import absolute_path
+
             state["model_file"] = absolute_path(state["model_file"])
         return state
 
@@ -205,16 +271,11 @@ class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
         return [row[numpy.newaxis, :] for row in embeddings]
 
     def write_data(self, data: Any, data_file: PathLike) -> None:
-        """Store one embedding (bob's checkpoints): the extractor's ``write_data``."""
-        if self.extractor is not None:
-            self.extractor.write_data(data, data_file)
-        else:
-            io.write_embedding(data, data_file)
+        """Store one embedding (bob's checkpoints), as the extractors' ``write_data`` does."""
+        io.write_embedding(data, data_file)
 
     def read_data(self, data_file: PathLike) -> numpy.ndarray:
-        """Read one stored embedding back: the extractor's ``read_data``."""
-        if self.extractor is not None:
-            return self.extractor.read_data(data_file)
+        """Read one stored embedding back, as the extractors' ``read_data`` does."""
         return io.read_embedding(data_file)
 
     def _more_tags(self) -> dict:
@@ -237,6 +298,8 @@ class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
 
 def _as_audios(X: Sequence[Any], rate: Optional[Sequence[int]]) -> list:
     """``(rate, samples)`` pairs from ``X`` and the optional rates."""
+    from .embedding import as_list
+
     X = as_list("X", X, "recordings")
     if rate is None:
         for index, audio in enumerate(X):

@@ -423,6 +423,27 @@ def test_unpickled_copies_share_one_network_per_process(checkpoint):
     assert first._get_extractor().network is second._get_extractor().network
 
 
+def test_a_pickled_transformer_unpickles_without_pytorch_and_embeds_the_same(checkpoint, tmp_path):
+    """What dask's scheduler does with every graph: unpickle it. PyTorch comes only with the first embedding."""
+    extractor = DltResNetExtractor(checkpoint("drn34"))
+    audio = read_audio("flite_rms_u1.wav")
+    expected = extractor(audio)
+    payload = tmp_path / "transformer.pickle"
+    payload.write_bytes(pickle.dumps(AudioEmbeddingTransformer(extractor)))
+    numpy.save(tmp_path / "samples.npy", audio[1])
+    code = (
+        "import pickle, sys, numpy\n"
+        f"transformer = pickle.loads(open({str(payload)!r}, 'rb').read())\n"
+        "print('torch' in sys.modules)\n"
+        f"embedding = transformer.transform([({audio[0]}, numpy.load({str(tmp_path / 'samples.npy')!r}))])[0]\n"
+        f"numpy.save({str(tmp_path / 'embedding.npy')!r}, embedding)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False"]
+    numpy.testing.assert_allclose(numpy.load(tmp_path / "embedding.npy"), expected, atol=ATOL, rtol=0)
+
+
 def test_relative_model_files_still_name_the_file_after_unpickling_elsewhere(checkpoint, tmp_path, monkeypatch):
     """Workers unpickle in folders of their own; a relative path means the file where the pipeline was built."""
     here, elsewhere = tmp_path / "experiment", tmp_path / "worker"

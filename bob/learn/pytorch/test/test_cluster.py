@@ -94,6 +94,14 @@ def executed_tasks(cluster: LocalCluster) -> dict:
     return dict(counts.values())
 
 
+def scheduler_imported(cluster: LocalCluster, module: str) -> bool:
+    """Whether the scheduler process has imported ``module`` (to unpickle the graphs it was sent)."""
+    import distributed
+
+    with distributed.Client(cluster.address, timeout=30) as client:
+        return client.run_on_scheduler(lambda: __import__("sys").modules.get(module) is not None)
+
+
 def test_two_workers_give_the_scores_of_no_dask(models, checkpoint, speech_database, tmp_path):
     """The shared-folder set-up: the setting names a folder that every worker sees."""
     (models / "drn34.pth.tar").write_bytes(checkpoint("drn34").read_bytes())
@@ -105,8 +113,10 @@ def test_two_workers_give_the_scores_of_no_dask(models, checkpoint, speech_datab
         run(pipeline_command(database, tmp_path / "cluster", "-l", cluster.client_file, "--dask-n-partitions", "4"),
             cwd=tmp_path)
         executed = executed_tasks(cluster)
+        scheduler_has_torch = scheduler_imported(cluster, "torch")
 
     assert_same_scores(read_scores(tmp_path / "cluster" / "scores-dev"), reference)
+    assert not scheduler_has_torch, "the scheduler unpickles the graph without importing PyTorch"
     assert len(checkpoint_times(tmp_path / "cluster" / "embeddings" / "samplewrapper")) == len(SPEAKERS)
     assert sorted(executed) == ["worker-1", "worker-2"]
     assert min(executed.values()) > 0, f"both workers must take part: {executed}"
