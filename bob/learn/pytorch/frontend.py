@@ -460,7 +460,7 @@ def check_resample_memory(
         raise MemoryError(
             f"resampling {n_samples} samples ({n_samples / rate / 60:.1f} min) from {rate} Hz to {target_rate} Hz "
             f"as the original does (one FFT of the whole signal) would take about {needed / 2**30:.1f} GiB, more "
-            f"than the limit of {limit / 2**30:g} GiB; resample the recording to {target_rate} Hz beforehand, e.g. "
+            f"than the limit of {limit / 2**30:g} GiB; resample the recording to {target_rate / 1000:g} kHz beforehand, e.g. "
             f"'sox in.wav -r 16000 out.wav' or scipy.signal.resample_poly, or cut it into shorter recordings"
         )
 
