@@ -37,7 +37,7 @@ import urllib.parse
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Callable, Iterator, List, Optional, Set, Tuple
+from typing import IO, Callable, Iterator, List, Optional, Set, Tuple
 
 import requests
 import torch
@@ -631,8 +631,6 @@ def _validate(record: PretrainedNetwork, partial: str, digest: str, sha256: Opti
     """Refuse a file with the wrong digest, or that is not a checkpoint of ``record``'s network."""
     if sha256 and digest != sha256.strip().lower():
         raise _Failure(f"sha256 mismatch: expected {sha256.strip().lower()}, got {digest}")
-    from .checkpoint import clean_state_dict, read_checkpoint  # imports torch
-
     try:
         content = read_checkpoint(partial, map_location="cpu", trust=trust)
         names = set(clean_state_dict(content, source="the downloaded file"))

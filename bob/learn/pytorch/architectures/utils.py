@@ -7,7 +7,7 @@ and initialisation follow the original networks exactly, because the random
 initial weights (``test=True``) and the checkpoint key names depend on them.
 """
 import math
-from typing import Callable, Dict, Optional, Tuple, Type, Union
+from typing import Optional, Tuple, Type, Union
 
 import torch
 from torch import nn

@@ -16,7 +16,6 @@ downloaded itself.
 """
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy

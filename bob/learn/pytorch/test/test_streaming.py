@@ -5,7 +5,6 @@ import textwrap
 
 import numpy
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
