@@ -9,6 +9,7 @@ unless the caller explicitly trusts the file.
 import os
 import pickle
 import re
+import socket
 import warnings
 from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Tuple, Union
@@ -17,8 +18,9 @@ import numpy
 import torch
 
 from .errors import CheckpointError, UnsafeCheckpointError
+from .pretrained import records as registered_networks
 
-__all__ = ["read_checkpoint", "clean_state_dict", "load_state_dict_strictly", "NUMPY_SAFE_GLOBALS"]
+__all__ = ["read_checkpoint", "clean_state_dict", "load_state_dict_strictly", "missing_model_file_message", "NUMPY_SAFE_GLOBALS"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -88,8 +90,6 @@ def read_checkpoint(path: PathLike, map_location: Any = "cpu", trust: bool = Fal
         what the safe reader cannot read.
     """
     if not os.path.isfile(path):
-        from .model_files import missing_model_file_message  # model_files imports this module
-
         raise FileNotFoundError(missing_model_file_message(path))
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"model file {os.fspath(path)} is empty (0 bytes); delete it and download it again")
@@ -228,3 +228,37 @@ def load_state_dict_strictly(
             f"{source} does not fit {type(network).__name__}: {details}.{(' ' + hint) if hint else ''}"
         )
     network.load_state_dict(state, strict=True)
+
+
+def missing_model_file_message(path: PathLike) -> str:
+    """What to say when a model file that was resolved earlier is missing where it is opened.
+
+    A pipeline resolves the model path in the process that starts it (``bob bio
+    pipeline simple``), and every dask worker opens that same path, perhaps on
+    another host, which may not see the file. The message names the host, the
+    settings and the two ways to give every host the file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The model file that does not exist.
+
+    Returns
+    -------
+    str
+        One paragraph, without a trailing full stop.
+
+    Examples
+    --------
+    >>> message = missing_model_file_message("/models/drn34.pth.tar")
+    >>> message.startswith("model file /models/drn34.pth.tar does not exist on host ")
+    True
+    """
+    keys = [record.path_key for record in registered_networks()]
+    return (
+        f"model file {os.fspath(path)} does not exist on host {socket.gethostname()}. A pipeline resolves "
+        f"its model file where it starts (setting {' or '.join(keys)}, else the package data folder) and "
+        "every dask worker opens that same path: put the file in a folder that every host sees at that path "
+        f"and run 'bob config set {keys[0]} PATH' (or the setting of the network you use), or run 'bob pytorch "
+        "download-models' on each host beforehand, with the same setting"
+    )

@@ -16,11 +16,11 @@ import logging
 import math
 import os
 import re
-import socket
 import urllib.parse
 from typing import Any, List, NamedTuple, Optional, Sequence, Union
 
 from .atomic import not_regular_file_reason
+from .checkpoint import missing_model_file_message
 from .download import DEADLINE_KEY, MAX_SECONDS, MIN_RATE_KEY, DownloadOptions, download_model
 from .errors import SettingsError
 from .pretrained import PretrainedNetwork, records as registered_networks
@@ -316,40 +316,6 @@ def ensure_model_file(
         sha256=resolve_sha256(record, url.url),
         trust=trust,
         options=download_options() if options is None else options,
-    )
-
-
-def missing_model_file_message(path: PathLike) -> str:
-    """What to say when a model file that was resolved earlier is missing where it is opened.
-
-    A pipeline resolves the model path in the process that starts it (``bob bio
-    pipeline simple``), and every dask worker opens that same path, perhaps on
-    another host, which may not see the file. The message names the host, the
-    settings and the two ways to give every host the file.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The model file that does not exist.
-
-    Returns
-    -------
-    str
-        One paragraph, without a trailing full stop.
-
-    Examples
-    --------
-    >>> message = missing_model_file_message("/models/drn34.pth.tar")
-    >>> message.startswith("model file /models/drn34.pth.tar does not exist on host ")
-    True
-    """
-    keys = [record.path_key for record in registered_networks()]
-    return (
-        f"model file {os.fspath(path)} does not exist on host {socket.gethostname()}. A pipeline resolves "
-        f"its model file where it starts (setting {' or '.join(keys)}, else the package data folder) and "
-        "every dask worker opens that same path: put the file in a folder that every host sees at that path "
-        f"and run 'bob config set {keys[0]} PATH' (or the setting of the network you use), or run 'bob pytorch "
-        "download-models' on each host beforehand, with the same setting"
     )
 
 

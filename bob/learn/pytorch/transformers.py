@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Dict, Hashable, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Hashable, Optional, Sequence, Union
 
 import numpy
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -38,10 +38,18 @@ _PROCESS_EXTRACTORS: dict = {}
 _PROCESS_LOCK = threading.Lock()
 
 
-def _process_extractor(key: Hashable, extractor: Any) -> Any:
-    """The extractor this process keeps for ``key`` (``extractor`` itself the first time)."""
+def _process_extractor(key: Hashable, make: Callable[[], Any]) -> Any:
+    """The extractor this process keeps for ``key``, made by ``make()`` the first time.
+
+    ``make`` runs outside the lock (it may download a model); if two threads
+    make one at once, the first kept wins.
+    """
+    known = _PROCESS_EXTRACTORS.get(key)
+    if known is not None:
+        return known
+    made = make()
     with _PROCESS_LOCK:
-        return _PROCESS_EXTRACTORS.setdefault(key, extractor)
+        return _PROCESS_EXTRACTORS.setdefault(key, made)
 
 
 @dataclass(frozen=True)
@@ -192,15 +200,13 @@ class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
         name = self._network_name()
         model_file = None if self.model_file is None else absolute_path(self.model_file)
         key = ("settings", name, model_file, str(self.device))
-        known = _PROCESS_EXTRACTORS.get(key)
-        return known or _process_extractor(key, EmbeddingExtractor(name, model_file, device=self.device))
+        return _process_extractor(key, lambda: EmbeddingExtractor(name, model_file, device=self.device))
 
     def _given_extractor(self) -> Any:
         from .preprocessor.audio import EmbeddingExtractor
 
         if isinstance(self.extractor, ExtractorRecipe):  # a copy unpickled in this process
-            known = _PROCESS_EXTRACTORS.get(("instance", self.extractor.instance_token))
-            return known or _process_extractor(("instance", self.extractor.instance_token), self.extractor.make())
+            return _process_extractor(("instance", self.extractor.instance_token), self.extractor.make)
         if self.network is not None or self.use_res or self.model_file is not None or self.device is not None:
             raise ValueError(
                 "pass either an extractor or network/use_res/model_file/device to AudioEmbeddingTransformer, "
@@ -213,7 +219,8 @@ class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
             )
         if self.extractor.test:  # carries its own random network: nothing to share
             return self.extractor
-        return _process_extractor(("instance", self.extractor.instance_token), self.extractor)
+        extractor = self.extractor
+        return _process_extractor(("instance", extractor.instance_token), lambda: extractor)
 
     def __getstate__(self) -> dict:
         """The parameters without the loaded extractor, in plain values.
