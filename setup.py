@@ -34,6 +34,7 @@ setup(
     install_requires=read_requirements("requirements.txt"),
     extras_require={
         "fast": read_requirements("fast-requirements.txt"),
+        "mnn": read_requirements("fast-requirements.txt") + read_requirements("mnn-requirements.txt"),
         "test": read_requirements("test-requirements.txt"),
         "doc": ["sphinx>=7", "sphinx-rtd-theme>=2", "numpydoc>=1.6"],
     },

@@ -1,15 +1,23 @@
 """Networks exported to ONNX, the exchange format: the frame body for ONNX Runtime, the whole embedding network for users.
 
-Both exports leave the batch and time axes free, so one file serves every
-input length. They use :func:`torch.onnx.export` with its TorchScript-based
-tracer (``dynamo=False``): the ``torch.export`` based exporter writes the
-same operators for these plain convolutional networks but needs
-``onnxscript`` and is several times slower, a cost every model load would
-pay (measured in doc/performance.rst, "Runtimes tried and not kept").
+Both exports use PyTorch's ``torch.export``-based ONNX exporter
+(:func:`torch.onnx.export` with ``dynamo=True``, which needs ``onnxscript``)
+and leave the batch and time axes free, so that one file serves every input
+length. The exporter then folds each BatchNorm into its convolution.
+
+Exporting traces the network symbolically, which takes seconds. The graph
+depends on the architecture only, so the frame body's graph is kept per
+process for each architecture (its weights removed, about 0.5 MB), and a
+network of an architecture already exported gets a copy with its own weights,
+folded again, in a fraction of a second. Whatever the graph, the runtime that
+uses it is checked against the eager network before it is used
+(:func:`bob.learn.pytorch.runtimes.build_runtime`).
 """
-import io
+import contextlib
+import logging
+import threading
 import warnings
-from typing import BinaryIO, Dict, Union
+from typing import Any, BinaryIO, Dict, Hashable, Iterator, Union
 
 import torch
 from torch import nn
@@ -21,80 +29,136 @@ __all__ = [
     "OUTPUT_NAME",
     "EMBEDDING_NAME",
     "OPSET",
-    "FrameBody",
     "export_frame_body",
     "export_embedding_network",
     "check_exported_embedding",
 ]
 
-#: ONNX operator set of the exports (supported by onnxruntime 1.15 and later).
-OPSET = 17
+#: ONNX operator set of the exports (the exporter's own; supported by onnxruntime 1.14 and later).
+OPSET = 18
 #: Name of the input of both exports: the standardised spectrogram ``(N, 1, T, F)``.
 INPUT_NAME = "spectrogram"
 #: Name of the frame body's output ``(N, C, T', 1)``.
 OUTPUT_NAME = "frames"
 #: Name of the embedding network's output ``(N, D)``.
 EMBEDDING_NAME = "embedding"
-#: Frames of the tracing input; the time axis stays free in the exported graph.
-EXPORT_FRAMES = 300
+#: Shape of the tracing input, batch and frames; both axes stay free in the exported graph
+#: (a batch of one would be taken for a constant).
+EXPORT_BATCH, EXPORT_FRAMES = 2, 300
+#: The exporter's logger, which notes once per export that torchvision's operators (unused here) are missing.
+_REGISTRATION_LOGGER = "torch.onnx._internal.exporter._registration"
+
+#: Weightless frame-body graphs (serialized ONNX), by architecture; see :func:`_architecture_key`.
+_frame_body_graphs: Dict[Hashable, bytes] = {}
+_graphs_lock = threading.Lock()
 
 
-class FrameBody(nn.Module):
-    """A network's ``forward_frames`` (everything before the pooling) as a module of its own."""
+class _NetworkMethod(nn.Module):
+    """One method of a network (``forward_frames`` or ``forward_emb``) as the forward of a module of its own."""
 
-    def __init__(self, network: SpeakerEmbeddingNet) -> None:
+    def __init__(self, network: SpeakerEmbeddingNet, method: str) -> None:
         super().__init__()
         self.network = network
+        self.method = method
+        self.train(network.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network.forward_frames(x)
+        return getattr(self.network, self.method)(x)
 
 
-class _Embedding(nn.Module):
-    """A network's ``forward_emb``, whatever its ``net_type``."""
-
-    def __init__(self, network: SpeakerEmbeddingNet) -> None:
-        super().__init__()
-        self.network = network
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network.forward_emb(x)
+class _TorchvisionNotes(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "torchvision" not in record.getMessage()
 
 
-def _export(
-    module: nn.Module,
-    bins: int,
-    output: str,
-    axes: Dict[int, str],
-    target: Union[BinaryIO, str],
-    free_bins: bool = False,
-) -> None:
+@contextlib.contextmanager
+def _exporter_notes_silenced() -> Iterator[None]:
+    """Hide the exporter's notes that are not the user's business, for the time of one export.
+
+    They are its warnings about internals (deprecations inside torch, tracing
+    notes) and its log lines about torchvision's operators.
+    """
+    logger = logging.getLogger(_REGISTRATION_LOGGER)
+    notes = _TorchvisionNotes()
+    logger.addFilter(notes)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.removeFilter(notes)
+
+
+def _export(module: nn.Module, bins: int, output: str, optimize: bool, free_bins: bool = False) -> Any:
+    """The ``torch.onnx.ONNXProgram`` of an eval-mode module, batch and time axes free (and frequency, if asked)."""
     if module.training:
         raise ValueError("export needs a network in eval mode (call .eval() first)")
-    example = torch.zeros((1, 1, EXPORT_FRAMES, bins), device=next(module.parameters()).device)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tracer's deprecation and tracing notes (see the module docstring)
-        torch.onnx.export(
+    example = torch.zeros((EXPORT_BATCH, 1, EXPORT_FRAMES, bins), device=next(module.parameters()).device)
+    free = torch.export.Dim.DYNAMIC
+    with torch.no_grad(), _exporter_notes_silenced():
+        return torch.onnx.export(
             module,
             (example,),
-            target,
-            dynamo=False,
+            dynamo=True,
             opset_version=OPSET,
+            optimize=optimize,
+            verify=False,
+            report=False,
+            verbose=False,
             input_names=[INPUT_NAME],
             output_names=[output],
-            dynamic_axes={INPUT_NAME: {0: "batch", 2: "time", **({3: "bins"} if free_bins else {})}, output: axes},
+            dynamic_shapes=({0: free, 2: free, **({3: free} if free_bins else {})},),
         )
+
+
+def _architecture_key(network: SpeakerEmbeddingNet, bins: int) -> Hashable:
+    """What the frame body's graph depends on: the class, the layers and the shapes of the weights."""
+    shapes = tuple((name, tuple(value.shape), str(value.dtype)) for name, value in network.state_dict().items())
+    return type(network), repr(network), shapes, bins
+
+
+def _weightless_frame_body(network: SpeakerEmbeddingNet, bins: int) -> bytes:
+    """The frame body's unoptimised graph with the network's weights left out, made once per architecture."""
+    import onnx_ir
+
+    key = _architecture_key(network, bins)
+    with _graphs_lock:
+        graph = _frame_body_graphs.get(key)
+    if graph is None:
+        body = _NetworkMethod(network, "forward_frames")
+        proto = onnx_ir.serde.serialize_model(_export(body, bins, OUTPUT_NAME, False, free_bins=True).model)
+        weights = {f"network.{name}" for name in network.state_dict()}
+        for initializer in proto.graph.initializer:
+            if initializer.name in weights:
+                initializer.ClearField("raw_data")
+        graph = proto.SerializeToString()
+        with _graphs_lock:
+            _frame_body_graphs[key] = graph
+    return graph
 
 
 def export_frame_body(network: SpeakerEmbeddingNet, bins: int = 257) -> bytes:
     """The eval-mode network's frame body as an ONNX model (``(N, 1, T, F)`` to ``(N, C, T', 1)``).
 
-    The number of frequency bins ``F`` stays free too, as the networks accept
-    a few more than ``bins`` (the width left after their last convolution is 1).
+    Batch, time and frequency axes are free (the networks accept a few more
+    frequency bins than ``bins``: the width left after their last
+    convolution is 1). The graph of an architecture is traced once
+    per process; each call fills a copy with the network's weights and folds
+    its BatchNorms into the convolutions (``onnxscript``'s optimizer, as the
+    exporter does).
     """
-    buffer = io.BytesIO()
-    _export(FrameBody(network).eval(), bins, OUTPUT_NAME, {0: "batch", 2: "steps"}, buffer, free_bins=True)
-    return buffer.getvalue()
+    import onnx
+    import onnx_ir
+    import onnxscript.optimizer
+
+    model = onnx_ir.serde.deserialize_model(onnx.load_from_string(_weightless_frame_body(network, bins)))
+    weights = {f"network.{name}": value for name, value in network.state_dict().items()}
+    for name, initializer in model.graph.initializers.items():
+        if name in weights:
+            initializer.const_value = onnx_ir.tensor(weights[name].detach().cpu().numpy(), name=name)
+    with _exporter_notes_silenced():
+        onnxscript.optimizer.optimize(model)
+    return onnx_ir.serde.serialize_model(model).SerializeToString()
 
 
 def export_embedding_network(network: SpeakerEmbeddingNet, target: Union[BinaryIO, str], bins: int = 257) -> None:
@@ -104,7 +168,8 @@ def export_embedding_network(network: SpeakerEmbeddingNet, target: Union[BinaryI
     named :data:`INPUT_NAME`; each frequency column of each utterance scaled
     to zero mean and unit variance, see
     :func:`~bob.learn.pytorch.embedding.standardize`) to the L2-normalised
-    embeddings ``(N, D)`` (named :data:`EMBEDDING_NAME`).
+    embeddings ``(N, D)`` (named :data:`EMBEDDING_NAME`). Batch and time axes
+    are free.
 
     Parameters
     ----------
@@ -115,7 +180,13 @@ def export_embedding_network(network: SpeakerEmbeddingNet, target: Union[BinaryI
     bins : int
         Frequency bins of the network's input.
     """
-    _export(_Embedding(network).eval(), bins, EMBEDDING_NAME, {0: "batch"}, target)
+    program = _export(_NetworkMethod(network, "forward_emb"), bins, EMBEDDING_NAME, True)
+    data = program.model_proto.SerializeToString()
+    if isinstance(target, str):
+        with open(target, "wb") as stream:
+            stream.write(data)
+    else:
+        target.write(data)
 
 
 def check_exported_embedding(model: bytes, network: SpeakerEmbeddingNet, bins: int = 257) -> float:

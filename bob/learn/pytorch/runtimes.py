@@ -1,16 +1,19 @@
-"""Where a network's frame body runs: eager PyTorch (the reference) or ONNX Runtime.
+"""Where a network's frame body runs: eager PyTorch (the reference), ONNX Runtime or MNN.
 
 A *runtime* computes ``network.forward_frames`` (everything before the
 statistics pooling) for a float32 ``(N, 1, T, F)`` batch. The pooling and
 the embedding layer always stay eager: they cost little and keep the
-original's float32 arithmetic. Two runtimes exist:
+original's float32 arithmetic. Three runtimes exist:
 
 * ``"eager"``: the network itself, the reference every other form is held to;
-* ``"onnxruntime"``: the frame body exported to ONNX once
+* ``"onnxruntime"``: the frame body exported to ONNX
   (:func:`~bob.learn.pytorch.onnx_export.export_frame_body`, the time and
-  batch axes free) and run by an ONNX Runtime session, which folds the
-  BatchNorms and fuses ReLUs and residual additions into its convolutions.
-  Needs the ``fast`` extra (``onnx`` and ``onnxruntime``).
+  batch axes free) and run by an ONNX Runtime session, which fuses ReLUs and
+  residual additions into its convolutions. Needs the ``fast`` extra
+  (``onnx``, ``onnxscript`` and ``onnxruntime``).
+* ``"mnn"``: the same export converted for MNN, whose Winograd convolutions
+  are faster on long recordings; opt-in only, for the reasons given in
+  :mod:`bob.learn.pytorch.mnn_runtime`. Needs the ``mnn`` extra.
 
 ``"auto"`` means ONNX Runtime when it is installed and passes its check, else
 eager. :func:`build_runtime` builds one and checks it against the eager
@@ -18,19 +21,20 @@ network once, on an input of another batch size and length than the export;
 the extractor calls it when its network is loaded and again only when asked
 to (:meth:`~bob.learn.pytorch.preprocessor.audio.EmbeddingExtractor.rebuild_runtime`),
 since the runtime holds a copy of the weights and of torch's thread count of
-that moment. Neither runtime changes anything outside itself: ONNX Runtime's
+that moment. No runtime changes anything outside itself: ONNX Runtime's
 worker threads belong to its session, sleep between calls, and a process
 forked after the session was made can use it.
 """
 import importlib.util
 import logging
-from typing import Callable, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
 
 from .architectures.utils import SpeakerEmbeddingNet, l2_normalize, statistics_pooling
 from .errors import RuntimeBuildError
+from .mnn_runtime import mnn_available
 from .onnx_export import INPUT_NAME, OUTPUT_NAME, export_frame_body
 
 __all__ = [
@@ -50,7 +54,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Names a runtime can be asked for.
-RUNTIMES = ("auto", "onnxruntime", "eager")
+RUNTIMES = ("auto", "onnxruntime", "mnn", "eager")
 #: Largest difference from the eager network's embeddings accepted for another runtime.
 RUNNER_ATOL = 1e-5
 #: Largest difference from the eager frame features, relative to their largest magnitude
@@ -125,8 +129,30 @@ class OnnxRuntime:
 
 
 def onnxruntime_available() -> bool:
-    """True when ``onnx`` (to export) and ``onnxruntime`` are installed (the ``fast`` extra)."""
-    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
+    """True when ``onnx`` and ``onnxscript`` (to export) and ``onnxruntime`` are installed (the ``fast`` extra)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxscript", "onnxruntime"))
+
+
+def _build_mnn(model: bytes, threads: int) -> Runtime:
+    from .mnn_runtime import MnnRuntime
+
+    return MnnRuntime(model, threads)
+
+
+class _OptionalRuntime(NamedTuple):
+    """An optimised runtime: what it is called, what it needs and how it is made from the exported frame body."""
+
+    title: str
+    available: Callable[[], bool]
+    extras: str
+    make: Callable[[bytes, int], Runtime]
+
+
+#: The optimised runtimes by name; ``"auto"`` means the first, when it is installed.
+OPTIONAL_RUNTIMES: Dict[str, _OptionalRuntime] = {
+    "onnxruntime": _OptionalRuntime("ONNX Runtime", lambda: onnxruntime_available(), "fast", OnnxRuntime),
+    "mnn": _OptionalRuntime("MNN", lambda: onnxruntime_available() and mnn_available(), "mnn", _build_mnn),
+}
 
 
 def check_runtime_name(name: str) -> str:
@@ -137,13 +163,27 @@ def check_runtime_name(name: str) -> str:
     ValueError
         If ``name`` is not one of :data:`RUNTIMES`.
     ImportError
-        If ``name`` is ``"onnxruntime"`` and the ``fast`` extra is not installed.
+        If ``name`` is an optimised runtime whose extra is not installed.
     """
     if name not in RUNTIMES:
         raise ValueError(f"backend must be one of {', '.join(map(repr, RUNTIMES))}, got {name!r}")
-    if name == "onnxruntime" and not onnxruntime_available():
-        raise ImportError('ONNX Runtime is not installed: pip install "bob.learn.pytorch[fast]"')
+    missing = missing_runtime(name)
+    if missing:
+        raise ImportError(missing)
     return name
+
+
+def missing_runtime(name: str) -> Optional[str]:
+    """What to install for the optimised runtime ``name``, or None if it is installed (or needs nothing)."""
+    optional = OPTIONAL_RUNTIMES.get(name)
+    if optional is None or optional.available():
+        return None
+    return f'{optional.title} is not installed: pip install "bob.learn.pytorch[{optional.extras}]"'
+
+
+def available_runtimes() -> List[str]:
+    """The runtimes that can be built here, ``"eager"`` last (``"auto"`` not included)."""
+    return [name for name in OPTIONAL_RUNTIMES if missing_runtime(name) is None] + ["eager"]
 
 
 def _device_of(network: nn.Module) -> torch.device:
@@ -154,14 +194,15 @@ def build_runtime(network: SpeakerEmbeddingNet, name: str = "auto", bins: int = 
     """The runtime ``name`` for an eval-mode network, checked against the eager network.
 
     ``"auto"`` builds ONNX Runtime when it is installed and falls back to
-    eager, with a warning, if the build or the check fails; ``"onnxruntime"``
-    asked for by name raises instead. Networks off the CPU run eagerly.
+    eager, with a warning, if the build or the check fails; an optimised
+    runtime asked for by name (``"onnxruntime"``, ``"mnn"``) raises instead.
+    Networks off the CPU run eagerly.
 
     Parameters
     ----------
     network : SpeakerEmbeddingNet
         Network in evaluation mode.
-    name : {"auto", "onnxruntime", "eager"}
+    name : {"auto", "onnxruntime", "mnn", "eager"}
         Which runtime.
     bins : int
         Frequency bins of the network's input (its front end's).
@@ -177,31 +218,33 @@ def build_runtime(network: SpeakerEmbeddingNet, name: str = "auto", bins: int = 
     ValueError, ImportError
         From :func:`check_runtime_name`; ValueError for a network in train mode.
     RuntimeBuildError
-        If ``"onnxruntime"`` was asked for by name and cannot run the network or differs from it.
+        If an optimised runtime was asked for by name and cannot run the network or differs from it.
     """
     check_runtime_name(name)
     if network.training:
         raise ValueError("build_runtime needs a network in eval mode (call network.eval() first)")
     eager = EagerRuntime(network)
-    if name == "eager" or _device_of(network).type != "cpu" or not onnxruntime_available():
+    chosen = "onnxruntime" if name == "auto" else name
+    optional = OPTIONAL_RUNTIMES.get(chosen)
+    if optional is None or _device_of(network).type != "cpu" or not optional.available():
         return eager
     try:
-        runtime = OnnxRuntime(export_frame_body(network, bins), torch.get_num_threads())
+        runtime = optional.make(export_frame_body(network, bins), torch.get_num_threads())
         frames_error, embedding_error = probe_errors(network, runtime, bins)
     except Exception as exc:  # noqa: BLE001 - any failure of the optional runtime means: use the eager network
-        problem = f"ONNX Runtime could not run the network ({type(exc).__name__}: {exc})"
-        if name == "onnxruntime":
+        problem = f"{optional.title} could not run the network ({type(exc).__name__}: {exc})"
+        if name != "auto":
             raise RuntimeBuildError(f"{problem}; use backend 'auto' or 'eager'") from exc
         logger.warning("%s; using eager PyTorch", problem)
         return eager
     if frames_error <= RUNNER_FRAMES_RTOL and embedding_error <= RUNNER_ATOL:
-        logger.debug("onnxruntime ready (probe differences %.2g, %.2g)", frames_error, embedding_error)
+        logger.debug("%s ready (probe differences %.2g, %.2g)", chosen, frames_error, embedding_error)
         return runtime
     message = (
-        f"ONNX Runtime's network differs from the eager one (frame features {frames_error:.3g} relative, "
+        f"{optional.title}'s network differs from the eager one (frame features {frames_error:.3g} relative, "
         f"embeddings {embedding_error:.3g})"
     )
-    if name == "onnxruntime":
+    if name != "auto":
         raise RuntimeBuildError(f"{message}; use backend 'auto' or 'eager'")
     logger.warning("%s; using eager PyTorch", message)
     return eager
@@ -220,5 +263,5 @@ def probe_errors(network: SpeakerEmbeddingNet, runtime: Runtime, bins: int = 257
 
 
 def runtime_name(runtime: Optional[Runtime]) -> str:
-    """``"onnxruntime"`` or ``"eager"``: the name of a runtime from :func:`build_runtime`."""
+    """``"onnxruntime"``, ``"mnn"`` or ``"eager"``: the name of a runtime from :func:`build_runtime`."""
     return getattr(runtime, "name", "eager")

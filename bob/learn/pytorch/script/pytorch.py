@@ -287,7 +287,8 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
     show_default=True,
     type=click.Choice(BACKEND_CHOICES),
     help="Runtime of the network on the CPU. auto: onnxruntime when installed (the fast extra) and it passes its "
-    "check against eager, else eager.",
+    "check against eager, else eager. mnn (the mnn extra) only when named: faster on long recordings, prints on "
+    "the standard output, unusable in a process forked after it started.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @verbosity_option(logger=logger)
@@ -547,15 +548,14 @@ def setting_keys(record: pretrained.PretrainedNetwork) -> List[str]:
 
 def describe_backends() -> List[str]:
     """The lines ``info`` prints about the runtimes (``--backend``); nothing is imported or built."""
-    fast = runtimes.onnxruntime_available()
+    fast = runtimes.missing_runtime("onnxruntime") is None
     lines = [
         "network runtimes (extract-audio --backend; devices other than the CPU run eager):",
-        f"  available:    {'onnxruntime, eager' if fast else 'eager'}",
+        f"  available:    {', '.join(runtimes.available_runtimes())}",
         f"  auto uses:    {'onnxruntime (eager if it fails its check against eager)' if fast else 'eager'}",
     ]
-    if not fast:
-        lines.append('  missing:      ONNX Runtime is not installed: pip install "bob.learn.pytorch[fast]"')
-    return lines
+    missing = (runtimes.missing_runtime(name) for name in runtimes.OPTIONAL_RUNTIMES)
+    return lines + [f"  missing:      {message}" for message in missing if message]
 
 
 @pytorch.command("export")

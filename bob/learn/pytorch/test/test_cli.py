@@ -479,7 +479,7 @@ def test_an_unknown_backend_is_refused_by_click(tmp_path, drn_file, loaded_extra
     result = run("extract-audio", SPEECH / GOOD[0], "-o", output, "--model", drn_file, "--backend", "fastest")
     assert result.exit_code == 2
     assert (
-        "Invalid value for '--backend': 'fastest' is not one of 'auto', 'onnxruntime', 'eager'"
+        "Invalid value for '--backend': 'fastest' is not one of 'auto', 'onnxruntime', 'mnn', 'eager'"
         in result.stderr
     )
     assert not loaded_extractors and not output.parent.exists()
@@ -662,15 +662,19 @@ def no_network_built(monkeypatch):
     monkeypatch.setattr(runtimes, "build_runtime", refuse)
 
 
-def test_info_shows_the_runtimes_with_the_fast_extra(monkeypatch, no_network_built):
+MNN_MESSAGE = 'MNN is not installed: pip install "bob.learn.pytorch[mnn]"'
+
+
+@pytest.mark.parametrize("with_mnn", [True, False])
+def test_info_shows_the_runtimes_with_the_fast_extra(monkeypatch, no_network_built, with_mnn):
     monkeypatch.setattr(runtimes, "onnxruntime_available", lambda: True)
+    monkeypatch.setattr(runtimes, "mnn_available", lambda: with_mnn)
     result = run("info")
     assert result.exit_code == 0, result.output
     assert backend_section(result.stdout) == [
-        "  available:    onnxruntime, eager",
+        f"  available:    onnxruntime, {'mnn, ' if with_mnn else ''}eager",
         "  auto uses:    onnxruntime (eager if it fails its check against eager)",
-    ]
-    assert "pip install" not in result.stdout
+    ] + ([] if with_mnn else [f"  missing:      {MNN_MESSAGE}"])
 
 
 def test_info_shows_the_runtimes_and_the_install_hint_without_onnxruntime(without_onnxruntime, no_network_built):
@@ -680,6 +684,7 @@ def test_info_shows_the_runtimes_and_the_install_hint_without_onnxruntime(withou
         "  available:    eager",
         "  auto uses:    eager",
         f"  missing:      {NO_ORT_MESSAGE}",
+        f"  missing:      {MNN_MESSAGE}",
     ]
 
 

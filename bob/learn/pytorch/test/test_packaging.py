@@ -26,7 +26,7 @@ from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[4]
 # pip's name -> conda's name, where they differ
-CONDA_NAMES = {"torch": "pytorch", "build": "python-build"}
+CONDA_NAMES = {"torch": "pytorch", "build": "python-build", "MNN": "mnn"}
 # Not part of a source tree to build from.
 NOT_COPIED = shutil.ignore_patterns(
     ".git", ".venv", "build", "dist", "_build", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis",
@@ -67,9 +67,10 @@ def test_conda_recipe_run_requirements_are_requirements_txt(recipe):
     assert run == expected
 
 
-def test_conda_recipe_constrains_the_fast_extra(recipe):
+def test_conda_recipe_constrains_the_fast_and_mnn_extras(recipe):
     constrained = [normalised(spec) for spec in recipe["requirements"]["run_constrained"]]
-    assert constrained == [normalised(conda_spec(r)) for r in requirement_lines("fast-requirements.txt")]
+    extras = requirement_lines("fast-requirements.txt") + requirement_lines("mnn-requirements.txt")
+    assert constrained == [normalised(conda_spec(r)) for r in extras]
 
 
 def test_conda_recipe_test_requirements_and_metadata(recipe):
@@ -179,7 +180,7 @@ def test_sdist_carries_docs_requirements_recipes_and_test_data(artefacts):
     with tarfile.open(artefacts["sdist"]) as archive:
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
     for required in (
-        "README.rst", "requirements.txt", "fast-requirements.txt", "test-requirements.txt", "MANIFEST.in", "setup.py", "Makefile",
+        "README.rst", "requirements.txt", "fast-requirements.txt", "mnn-requirements.txt", "test-requirements.txt", "MANIFEST.in", "setup.py", "Makefile",
         "buildout.cfg", "conda/meta.yaml", ".ci/run", "doc/conf.py", "doc/index.rst",
         "bob/learn/pytorch/data/speech/speakers.csv", "bob/learn/pytorch/data/speech/NOTICE.txt",
         "bob/learn/pytorch/data/speech/flite_kal_u1.wav", "bob/learn/pytorch/test/test_cli.py",

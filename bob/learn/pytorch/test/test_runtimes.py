@@ -65,10 +65,57 @@ def test_without_the_fast_extra_auto_is_eager_and_onnxruntime_is_refused(drn_fil
         DltResNetExtractor(str(drn_file), backend="onnxruntime")
 
 
-@pytest.mark.parametrize("name", ["fastest", "mnn", "torchscript"])
+@pytest.mark.parametrize("name", ["fastest", "MNN", "torchscript"])
 def test_unknown_or_removed_runtimes_are_refused_before_loading(drn_file, name):
-    with pytest.raises(ValueError, match=rf"backend must be one of 'auto', 'onnxruntime', 'eager', got '{name}'"):
+    with pytest.raises(ValueError, match=rf"backend must be one of 'auto', 'onnxruntime', 'mnn', 'eager', got '{name}'"):
         DltResNetExtractor(str(drn_file), backend=name)
+
+
+# -- MNN: opt-in, same numbers -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mnn_runtimes(extractors):
+    """``{net: MNN runtime}``, each built once for this module."""
+    if not runtimes.OPTIONAL_RUNTIMES["mnn"].available():
+        pytest.skip('needs ".[mnn]"')
+    return {net: build_runtime(extractor.network, "mnn") for net, extractor in extractors.items()}
+
+
+@pytest.mark.parametrize("net", ["drn", "rn"])
+@pytest.mark.parametrize("shape", [(1, 1, 37, 257), (3, 1, 298, 257), (1, 1, 1001, 257)])
+def test_mnn_matches_the_eager_network(extractors, mnn_runtimes, net, shape):
+    network, runtime = extractors[net].network, mnn_runtimes[net]
+    assert runtime.name == "mnn" and runtime.threads == torch.get_num_threads()
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)))
+    with torch.inference_mode():
+        fast, eager = runtime(x), network.forward_frames(x)
+        assert fast.shape == eager.shape and fast.dtype == torch.float32
+        assert float((fast - eager).abs().max()) <= RUNNER_FRAMES_RTOL * float(eager.abs().max())
+        numpy.testing.assert_allclose(embedding_head(network, fast), network(x), rtol=0, atol=ATOL)
+
+
+def test_mnn_is_chosen_only_by_name(drn_file, mnn_runtimes):
+    extractor = DltResNetExtractor(str(drn_file), backend="mnn")
+    audio = speech("flite_kal_u1")
+    assert extractor.runtime == "mnn"
+    numpy.testing.assert_allclose(extractor(audio), eager_embedding(extractor.network, whole_spectrogram(audio)), rtol=0, atol=ATOL)
+    assert DltResNetExtractor(str(drn_file)).runtime in ("onnxruntime", "eager")
+
+
+def test_mnn_larger_winograd_tiles_would_fail_the_check(extractors, mnn_runtimes, monkeypatch):
+    """MNN's default tiles (up to F(6x6, 3x3)) round beyond the tolerance: the check refuses them."""
+    from bob.learn.pytorch import mnn_runtime
+
+    monkeypatch.setattr(mnn_runtime, "WINOGRAD_HINT", 3)
+    with pytest.raises(RuntimeBuildError, match="MNN's network differs from the eager one"):
+        build_runtime(extractors["drn"].network, "mnn")
+
+
+def test_mnn_without_its_extra_is_refused_before_loading(drn_file, monkeypatch):
+    monkeypatch.setattr(runtimes, "mnn_available", lambda: False)
+    with pytest.raises(ImportError, match=r'^MNN is not installed: pip install "bob.learn.pytorch\[mnn\]"$'):
+        DltResNetExtractor(str(drn_file), backend="mnn")
 
 
 @needs_onnxruntime
