@@ -13,7 +13,8 @@ help:
 	@echo "make test   - create $(VENV), install the package with its fast, test and doc extras, run the tests"
 	@echo "make demo   - embed the bundled recordings and print a similarity matrix (MODEL=/path/to/model.pth.tar)"
 	@echo "make docs   - build the Sphinx documentation into doc/_build/html"
-	@echo "make bench  - run the speed and memory benchmarks, then the dask scale-out benchmark"
+	@echo "make bench  - run the speed and memory benchmarks, the runtimes side by side (with version 1.0's MNN"
+	@echo "              as baseline, from bench-requirements.txt), then the dask scale-out benchmark"
 
 # The editable install uses compat mode: it puts the work tree on sys.path, so that the
 # pkgutil namespace packages bob/ and bob/learn/ (shared with bob, bob.learn.em, ...) find
@@ -39,6 +40,9 @@ demo: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/run.py
+	$(PIP) install --quiet -r bench-requirements.txt \
+		|| echo "MNN could not be installed: benchmarks/runtimes.py will skip the MNN baseline (version 1.0)"
+	$(PY) benchmarks/runtimes.py
 	$(PY) benchmarks/cluster.py
 
 clean:
