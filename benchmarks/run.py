@@ -3,7 +3,7 @@
 
 Usage (from the repository root)::
 
-    .venv/bin/python benchmarks/run.py [--model FILE] [--rounds 5] [--threads N]
+    .venv/bin/python benchmarks/run.py [--network dltresnet34] [--model FILE] [--rounds 5] [--threads N]
 
 For 3 s, 10 s and 60 s utterances of fresh random audio it prints, best of
 ``--rounds`` interleaved rounds:
@@ -44,6 +44,7 @@ import numpy  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from bob.learn.pytorch import pretrained  # noqa: E402
 from bob.learn.pytorch.pipeline import EmbeddingPipeline  # noqa: E402
 from bob.learn.pytorch.preprocessor.audio import EmbeddingExtractor  # noqa: E402
 from bob.learn.pytorch.runtimes import RUNTIMES  # noqa: E402
@@ -119,15 +120,19 @@ def model_file(args: argparse.Namespace, folder: str) -> str:
     """
     if args.model:
         return args.model
-    from bob.learn.pytorch.test.reference_checkpoints import write_reference_checkpoint
+    from bob.learn.pytorch.test.reference_checkpoints import SEEDS, write_reference_checkpoint
 
-    path = os.path.join(folder, f"{args.net}34.pth.tar")
-    write_reference_checkpoint(f"{args.net}34", path)
+    record = args.network
+    reference = next((name for name in (record.name, *record.aliases) if name in SEEDS), None)
+    if reference is None:
+        raise SystemExit(f"no reference checkpoint for {record.name}: pass --model FILE")
+    path = os.path.join(folder, f"{reference}.pth.tar")
+    write_reference_checkpoint(reference, path)
     return path
 
 
 def make_extractor(args: argparse.Namespace, path: str) -> EmbeddingExtractor:
-    return EmbeddingExtractor(args.net, path, backend=args.backend)
+    return EmbeddingExtractor(args.network, path, backend=args.backend)
 
 
 # -- speed --------------------------------------------------------------------------------------------
@@ -207,7 +212,7 @@ def peak_rss_mb() -> float:
 
 
 def measure_memory(args: argparse.Namespace, path: str) -> Dict[str, float]:
-    command = [sys.executable, __file__, "--memory-child", "--model", path, "--net", args.net]
+    command = [sys.executable, __file__, "--memory-child", "--model", path, "--network", args.network.name]
     command += ["--long-minutes", str(args.long_minutes), "--threads", str(torch.get_num_threads())]
     command += ["--backend", args.backend]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -236,7 +241,7 @@ def print_report(
 ) -> None:
     print(f"{cpu_model()} ({torch.backends.cpu.get_cpu_capability()} kernels), {os.cpu_count()} CPUs")
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, net={args.net}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, network={args.network.name}, "
         f"backend={backend} (--backend {args.backend})"
     )
     print(f"load average before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
@@ -269,10 +274,28 @@ def print_report(
         )
 
 
+def registered_network(name: str) -> pretrained.PretrainedNetwork:
+    """The registry's record of ``name`` (a name or an alias), for argparse."""
+    try:
+        return pretrained.get(name)
+    except ValueError as exc:  # its message lists the registered names
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="model file (default: a random-weight reference checkpoint)")
-    parser.add_argument("--net", choices=("drn", "rn"), default="drn", help="DltResNet-34 (drn) or ResNet-34 (rn)")
+    parser.add_argument(
+        "--network",
+        type=registered_network,
+        default="dltresnet34",
+        metavar="NAME",
+        help=f"registered network ({', '.join(pretrained.names())}, or an alias)",
+    )
+    # Version 1.0's --net drn|rn, kept working: drn and rn are aliases in the registry.
+    parser.add_argument(
+        "--net", dest="network", type=registered_network, default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the best of each is kept")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch.set_num_threads")
     parser.add_argument("--backend", choices=RUNTIMES, default="auto", help="runtime of the network (extractor backend)")
@@ -302,7 +325,7 @@ def main(argv=None) -> None:
     print_report(rows, memory, args, backend, load_before, os.getloadavg())
     if args.json:
         machine = {"cpu": cpu_model(), "kernels": torch.backends.cpu.get_cpu_capability(), "cpus": os.cpu_count()}
-        report = {"machine": machine, "backend": backend, "speed": rows, "memory": memory}
+        report = {"machine": machine, "network": args.network.name, "backend": backend, "speed": rows, "memory": memory}
         Path(args.json).write_text(json.dumps(report, indent=2))
 
 

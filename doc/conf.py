@@ -52,13 +52,24 @@ except ImportError:  # pragma: no cover - the doc extra installs it
     html_theme = "alabaster"
 html_title = f"{project} {release}"
 
-# Doctests run with the user settings of a throw-away home, never the real ones.
+# Doctests run with the user settings of a throw-away home, never the real ones; the
+# home is removed and the environment restored after each group.
 doctest_global_setup = """
 import os as _os, tempfile as _tempfile
 _doc_home = _tempfile.mkdtemp(prefix="bob-learn-pytorch-doctest-")
+_doc_saved = {name: _os.environ.get(name) for name in ("HOME", "XDG_CONFIG_HOME", "BOBRC")}
 _os.environ["HOME"] = _doc_home
 _os.environ["XDG_CONFIG_HOME"] = _os.path.join(_doc_home, ".config")
 _os.environ["BOBRC"] = _os.path.join(_doc_home, ".bobrc")
+"""
+doctest_global_cleanup = """
+import shutil as _shutil
+for _name, _value in _doc_saved.items():
+    if _value is None:
+        _os.environ.pop(_name, None)
+    else:
+        _os.environ[_name] = _value
+_shutil.rmtree(_doc_home, ignore_errors=True)
 """
 # Only the ``.. doctest::`` blocks of the pages run here: the ``>>>`` examples of the
 # docstrings that autodoc pulls in need their module's names, so pytest runs them

@@ -118,7 +118,12 @@ def _architecture_key(network: SpeakerEmbeddingNet, bins: int) -> Hashable:
 
 
 def _weightless_frame_body(network: SpeakerEmbeddingNet, bins: int) -> bytes:
-    """The frame body's unoptimised graph with the network's weights left out, made once per architecture."""
+    """The frame body's unoptimised graph with the network's weights left out, made once per architecture.
+
+    The exporter names each weight's initializer by its state-dict key (the
+    names :meth:`torch.onnx.ONNXProgram.apply_weights` relies on), here under
+    the wrapper's ``network.`` prefix.
+    """
     import onnx_ir
 
     key = _architecture_key(network, bins)

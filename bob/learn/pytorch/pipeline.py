@@ -87,7 +87,7 @@ class EmbeddingPipeline:
 
     @property
     def runtime_name(self) -> str:
-        """The runtime the frame body runs in: ``"onnxruntime"`` or ``"eager"``."""
+        """The runtime the frame body runs in: ``"onnxruntime"``, ``"mnn"`` or ``"eager"``."""
         return runtime_name(self.runtime)
 
     # -- samples to frames ---------------------------------------------------------------------

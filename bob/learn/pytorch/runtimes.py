@@ -148,9 +148,12 @@ class _OptionalRuntime(NamedTuple):
     make: Callable[[bytes, int], Runtime]
 
 
-#: The optimised runtimes by name; ``"auto"`` means the first, when it is installed.
+#: The optimised runtimes by name; ``"auto"`` means the first, when it is installed. The entries look
+#: their functions up when called, so that what they call can be replaced (in tests, for example).
 OPTIONAL_RUNTIMES: Dict[str, _OptionalRuntime] = {
-    "onnxruntime": _OptionalRuntime("ONNX Runtime", lambda: onnxruntime_available(), "fast", OnnxRuntime),
+    "onnxruntime": _OptionalRuntime(
+        "ONNX Runtime", lambda: onnxruntime_available(), "fast", lambda model, threads: OnnxRuntime(model, threads)
+    ),
     "mnn": _OptionalRuntime("MNN", lambda: onnxruntime_available() and mnn_available(), "mnn", _build_mnn),
 }
 

@@ -448,12 +448,12 @@ def test_cuda_device_without_cuda_is_one_line_about_the_device_not_the_file(tmp_
     assert not output.parent.exists() or not list(output.parent.iterdir())
 
 
-@pytest.mark.parametrize("backend", ["eager", "onnxruntime"])
+@pytest.mark.parametrize("backend", ["eager", "onnxruntime", "mnn"])
 def test_backend_option_reaches_the_extractor_and_keeps_the_embeddings(
     tmp_path, drn_file, drn_extractor, loaded_extractors, backend
 ):
-    if backend == "onnxruntime" and not runtimes.onnxruntime_available():
-        pytest.skip("the fast extra (onnx, onnxruntime) is not installed")
+    if runtimes.missing_runtime(backend):
+        pytest.skip(runtimes.missing_runtime(backend))
     output = tmp_path / f"{backend}.h5"
     inputs = [SPEECH / name for name in GOOD]
     result = run("extract-audio", *inputs, "-o", output, "--model", drn_file, "--backend", backend, "-q")

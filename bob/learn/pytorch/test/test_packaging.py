@@ -180,7 +180,8 @@ def test_sdist_carries_docs_requirements_recipes_and_test_data(artefacts):
     with tarfile.open(artefacts["sdist"]) as archive:
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
     for required in (
-        "README.rst", "requirements.txt", "fast-requirements.txt", "mnn-requirements.txt", "test-requirements.txt", "MANIFEST.in", "setup.py", "Makefile",
+        "README.rst", "requirements.txt", "fast-requirements.txt", "mnn-requirements.txt", "test-requirements.txt",
+        "MANIFEST.in", "setup.py", "Makefile",
         "buildout.cfg", "conda/meta.yaml", ".ci/run", "doc/conf.py", "doc/index.rst",
         "bob/learn/pytorch/data/speech/speakers.csv", "bob/learn/pytorch/data/speech/NOTICE.txt",
         "bob/learn/pytorch/data/speech/flite_kal_u1.wav", "bob/learn/pytorch/test/test_cli.py",

@@ -58,10 +58,11 @@ class EmbeddingExtractor(Preprocessor):
     trust_checkpoint : bool
         Allow full unpickling of the model file. Only for files you trust:
         unpickling can run arbitrary code.
-    backend : {"auto", "onnxruntime", "eager"}
+    backend : {"auto", "onnxruntime", "mnn", "eager"}
         Runtime of the network's frame body on the CPU
         (:func:`~bob.learn.pytorch.runtimes.build_runtime`): by default ONNX
-        Runtime when installed (the ``fast`` extra), else eager PyTorch.
+        Runtime when installed (the ``fast`` extra), else eager PyTorch;
+        ``"mnn"`` only when named (the ``mnn`` extra).
     test : bool
         Load nothing and keep the randomly initialised network in train mode,
         as the original did for its size-only unit tests. The embeddings are
@@ -129,7 +130,7 @@ class EmbeddingExtractor(Preprocessor):
 
     @property
     def runtime(self) -> str:
-        """Runtime of the network's frame body: ``"onnxruntime"`` or ``"eager"``."""
+        """Runtime of the network's frame body: ``"onnxruntime"``, ``"mnn"`` or ``"eager"``."""
         return self.pipeline.runtime_name
 
     def rebuild_runtime(self) -> str:
