@@ -25,7 +25,7 @@ import os
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Dict, TypedDict, Union, Unpack
 
 import scipy.io.wavfile
 from sklearn.pipeline import make_pipeline
@@ -42,6 +42,15 @@ PathLike = Union[str, "os.PathLike[str]"]
 Speakers = Union[Mapping, PathLike, None]
 
 COLUMNS = ("path", "subject_id", "template_id")
+
+
+class ProtocolOptions(TypedDict, total=False):
+    """The keyword arguments of :func:`write_csv_protocol`, which :func:`recordings_database` passes on."""
+
+    protocol: str
+    enroll_per_speaker: int
+    group: str
+    extension: str
 
 
 def read_speakers(csv_file: PathLike) -> dict:
@@ -270,6 +279,9 @@ def csv_database(
 ) -> CSVDatabase:
     """A :class:`~bob.bio.base.database.CSVDatabase` over existing protocol files, reading audio as ``(rate, samples)``.
 
+    The files are those :func:`write_csv_protocol` writes, or your own in the
+    same layout (see the module's description); nothing is written.
+
     Parameters
     ----------
     recordings : str or os.PathLike
@@ -302,30 +314,31 @@ def recordings_database(
     protocols: PathLike,
     speakers: Speakers = None,
     *,
-    protocol: str = "default",
-    enroll_per_speaker: int = 1,
-    group: str = "dev",
-    extension: str = ".wav",
     name: str = "recordings",
+    **options: Unpack[ProtocolOptions],
 ) -> CSVDatabase:
     """Write the protocol files of a folder of recordings and return its database.
 
-    Combines :func:`write_csv_protocol` and :func:`csv_database` (same
-    arguments). Use it in a database configuration file::
+    Combines :func:`write_csv_protocol` and :func:`csv_database`. Use it in a
+    database configuration file::
 
         from bob.learn.pytorch.database import recordings_database
 
         database = recordings_database("/data/my-recordings", "/data/my-protocols", "/data/speakers.csv")
 
     and run ``bob bio pipeline simple -p dltresnet34-voxceleb -d that_file.py -o results``.
+
+    Parameters
+    ----------
+    recordings, protocols, speakers
+        As for :func:`write_csv_protocol`.
+    name : str
+        Name of the database in bob's messages.
+    **options
+        The keyword arguments of :func:`write_csv_protocol` (``protocol``,
+        ``enroll_per_speaker``, ``group``, ``extension``); ``protocol`` and
+        ``extension`` go to :func:`csv_database` too.
     """
-    write_csv_protocol(
-        recordings,
-        protocols,
-        speakers,
-        protocol=protocol,
-        enroll_per_speaker=enroll_per_speaker,
-        group=group,
-        extension=extension,
-    )
-    return csv_database(recordings, protocols, protocol=protocol, name=name, extension=extension)
+    write_csv_protocol(recordings, protocols, speakers, **options)
+    shared: Dict[str, Any] = {key: options[key] for key in ("protocol", "extension") if key in options}
+    return csv_database(recordings, protocols, name=name, **shared)

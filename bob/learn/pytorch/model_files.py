@@ -250,6 +250,11 @@ def ensure_model_file(
 ) -> str:
     """Resolve the model file of ``record``, downloading it when it is missing.
 
+    The path is the one :func:`resolve_model_file` gives. A missing file is
+    fetched by :func:`~bob.learn.pytorch.download.download_model` from the
+    address of :func:`resolve_model_url`, checked against the digest of
+    :func:`resolve_sha256` when there is one.
+
     Parameters
     ----------
     record : PretrainedNetwork

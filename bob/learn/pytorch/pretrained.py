@@ -18,7 +18,7 @@ import math
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -138,7 +138,7 @@ def _output_steps(record: PretrainedNetwork, n_frames: int) -> int:
     except RuntimeError:  # too short for a convolution's kernel
         return 0
 
-_IDIAP = "https://www.idiap.ch/software/bob/data/bob/bob.learn.pytorch/master"
+
 _REGISTRY: Dict[str, PretrainedNetwork] = {}
 _LOCK = threading.Lock()
 
@@ -204,32 +204,41 @@ def records() -> List[PretrainedNetwork]:
     return list(_REGISTRY.values())
 
 
-DLTRESNET34 = register(
-    PretrainedNetwork(
-        name="dltresnet34",
-        title="DltResNet-34",
-        architecture=dltresnet34,
-        filename="drn34.pth.tar",
-        url=f"{_IDIAP}/models_emb128_2drp_dlt_aug_relu__voxceleb___rn34-best.cls.pth.tar",
-        path_key="bob.learn.pytorch.extractor.audio.drn_modelpath",
-        url_key="bob.learn.pytorch.extractor.audio.drn_url",
-        sha256_key="bob.learn.pytorch.extractor.audio.drn_sha256",
-        receptive_field=554,
-        aliases=("drn34", "drn"),
-    )
-)
+#: Idiap's folder of the weight files released with the original package.
+_IDIAP = "https://www.idiap.ch/software/bob/data/bob/bob.learn.pytorch/master"
 
-RESNET34 = register(
-    PretrainedNetwork(
-        name="resnet34",
-        title="ResNet-34",
-        architecture=resnet34,
-        filename="rn34.pth.tar",
-        url=f"{_IDIAP}/models_emb128_2drp_aug_relu__voxceleb___rn34-best.cls.pth.tar",
-        path_key="bob.learn.pytorch.extractor.audio.rn_modelpath",
-        url_key="bob.learn.pytorch.extractor.audio.rn_url",
-        sha256_key="bob.learn.pytorch.extractor.audio.rn_sha256",
-        receptive_field=534,
-        aliases=("rn34", "rn"),
+
+def _idiap_release(idiap_file: str, **differing: Any) -> PretrainedNetwork:
+    """Register a network released with the original package, its weight file stored by Idiap as ``idiap_file``.
+
+    What the releases share is stated here: trained on VoxCeleb (1211
+    speakers) with bob.ap's front end, 128-d embeddings, a time stride of 32
+    frames and 37 frames at least. Each record states what differs: its
+    names, network, reach, weight file and user settings.
+    """
+    return register(
+        PretrainedNetwork(
+            url=f"{_IDIAP}/{idiap_file}",
+            front_end=BOB_AP_FRONT_END,
+            num_classes=1211,
+            embedding_dim=128,
+            time_stride=32,
+            min_frames=37,
+            **differing,
+        )
     )
+
+
+# Per line: names and network, weight file (local name, name at Idiap), then the settings overriding it.
+DLTRESNET34 = _idiap_release(
+    name="dltresnet34", title="DltResNet-34", aliases=("drn34", "drn"), architecture=dltresnet34, receptive_field=554,
+    filename="drn34.pth.tar", idiap_file="models_emb128_2drp_dlt_aug_relu__voxceleb___rn34-best.cls.pth.tar",
+    path_key="bob.learn.pytorch.extractor.audio.drn_modelpath", url_key="bob.learn.pytorch.extractor.audio.drn_url",
+    sha256_key="bob.learn.pytorch.extractor.audio.drn_sha256",
+)
+RESNET34 = _idiap_release(
+    name="resnet34", title="ResNet-34", aliases=("rn34", "rn"), architecture=resnet34, receptive_field=534,
+    filename="rn34.pth.tar", idiap_file="models_emb128_2drp_aug_relu__voxceleb___rn34-best.cls.pth.tar",
+    path_key="bob.learn.pytorch.extractor.audio.rn_modelpath", url_key="bob.learn.pytorch.extractor.audio.rn_url",
+    sha256_key="bob.learn.pytorch.extractor.audio.rn_sha256",
 )

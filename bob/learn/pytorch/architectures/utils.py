@@ -1,13 +1,16 @@
 """Building blocks shared by the speaker-embedding ResNets (pure PyTorch).
 
-The residual blocks, the layer builder and the statistics-pooling head used by
-:class:`~bob.learn.pytorch.architectures.DltResNet.DltResNet` and
-:class:`~bob.learn.pytorch.architectures.ResNet.ResNet`. Module creation order
-and initialisation follow the original networks exactly, because the random
-initial weights (``test=True``) and the checkpoint key names depend on them.
+The residual blocks, the layer builder, the trunk and the statistics-pooling
+head used by :class:`~bob.learn.pytorch.architectures.DltResNet.DltResNet` and
+:class:`~bob.learn.pytorch.architectures.ResNet.ResNet`, the depths both are
+built at (:data:`DEPTHS`), and the parts of their documentation that they
+share. Module creation order and initialisation follow the original networks
+exactly, because the random initial weights (``test=True``) and the checkpoint
+key names depend on them.
 """
 import math
-from typing import Optional, Tuple, Type, Union
+import re
+from typing import Callable, Dict, List, Optional, Tuple, Type, TypeVar, Union
 
 import torch
 from torch import nn
@@ -22,6 +25,9 @@ __all__ = [
     "initialize_weights",
     "SpeakerEmbeddingNet",
     "FORWARD_MODES",
+    "DEPTHS",
+    "depth_builder",
+    "shared_docs",
 ]
 
 #: The forward types (``net_type``) understood by the embedding networks.
@@ -103,6 +109,77 @@ class Bottleneck(nn.Module):
 
 Block = Union[Type[BasicBlock], Type[Bottleneck]]
 
+#: Block type and number of blocks in ``layer1`` … ``layer4`` of each depth, the same for both networks
+#: (the original's counts: its 50 has 14 blocks in ``layer3``).
+DEPTHS: Dict[int, Tuple[Block, Tuple[int, int, int, int]]] = {
+    18: (BasicBlock, (2, 2, 2, 2)),
+    34: (BasicBlock, (3, 4, 6, 3)),
+    50: (Bottleneck, (3, 4, 14, 3)),
+    101: (Bottleneck, (3, 4, 23, 3)),
+    152: (Bottleneck, (3, 8, 36, 3)),
+}
+_DEPTH_NOTES = {34: " (the released VoxCeleb model)", 50: " (the original's counts)"}
+
+Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
+
+
+def depth_builder(build: Builder, family: str, depth: int) -> Builder:
+    """Name and document ``build``, the public function that makes the ``family`` network of ``depth``.
+
+    ``build`` is named ``<family in lower case><depth>`` (``resnet34``), the
+    module-level name it is bound to, so that it pickles by reference; its
+    docstring states the depth's blocks and layers from :data:`DEPTHS`, e.g.
+    "ResNet-34: basic blocks, layers [3, 4, 6, 3] (the released VoxCeleb model)."
+    """
+    block, layers = DEPTHS[depth]
+    kind = "basic" if block is BasicBlock else "bottleneck"
+    build.__name__ = build.__qualname__ = f"{family.lower()}{depth}"
+    build.__doc__ = f"{family}-{depth}: {kind} blocks, layers {list(layers)}{_DEPTH_NOTES.get(depth, '')}."
+    return build
+
+
+#: Docstring sections that both networks share (see :func:`shared_docs`): the entries of the
+#: constructor parameters they document alike, and the example, made with the network's 34-layer builder.
+_SHARED_DOCS = {
+    "block": """block : type
+    :class:`~bob.learn.pytorch.architectures.utils.BasicBlock` or
+    :class:`~bob.learn.pytorch.architectures.utils.Bottleneck`.""",
+    "layers": """layers : list of int
+    Number of blocks in ``layer1`` … ``layer4``.""",
+    "bn_dim": """bn_dim : int
+    Size of the embedding layer ``em``.""",
+    "example": """Examples
+--------
+>>> import torch
+>>> from {module} import {builder}
+>>> net = {builder}(num_classes=1211, tp="emb").eval()
+>>> with torch.inference_mode():
+...     net(torch.randn(2, 1, 300, 257)).shape
+torch.Size([2, 128])""",
+}
+_PLACEHOLDER = re.compile(r"^([ \t]*)\{(\w+)\}[ \t]*$", re.MULTILINE)
+
+NetworkClass = TypeVar("NetworkClass", bound=type)
+
+
+def shared_docs(cls: NetworkClass) -> NetworkClass:
+    """Class decorator: put the sections both networks share into the class docstring.
+
+    Each docstring line that holds only ``{name}`` (``{block}``, ``{layers}``,
+    ``{bn_dim}``, ``{example}``) is replaced by that section, at the line's
+    indentation; an unknown name raises KeyError when the class is defined.
+    The example imports ``<class name in lower case>34`` from the class's module.
+    """
+    fields = {"module": cls.__module__, "builder": f"{cls.__name__.lower()}34"}
+
+    def section(match: "re.Match[str]") -> str:
+        indent, name = match.groups()
+        lines = _SHARED_DOCS[name].format(**fields).splitlines()
+        return "\n".join(indent + line if line else line for line in lines)
+
+    cls.__doc__ = _PLACEHOLDER.sub(section, cls.__doc__)
+    return cls
+
 
 def make_layer(
     block: Block, planes: int, blocks: int, stride: int = 1, inplanes: int = 64
@@ -156,12 +233,24 @@ def initialize_weights(module: nn.Module) -> None:
 class SpeakerEmbeddingNet(nn.Module):
     """Shared trunk, pooling and forward-type dispatch of the two networks.
 
-    Subclasses create their modules in ``__init__`` (the order matters) and
-    define :meth:`forward_stem`; this class provides everything after it.
+    Subclasses create their modules in ``__init__`` (the order matters: the
+    stem, then the trunk with :meth:`make_trunk`, then the heads) and define
+    :meth:`forward_stem`; this class provides everything after it.
     ``net_type`` selects what :meth:`forward` returns, see :data:`FORWARD_MODES`.
+
+    Parameters
+    ----------
+    tp : str, optional
+        Forward type, checked and set before any module is made; a subclass
+        that does not give it sets ``net_type`` itself.
     """
 
     net_type: str
+
+    def __init__(self, tp: Optional[str] = None) -> None:
+        super().__init__()
+        if tp is not None:
+            self._set_net_type(tp)
 
     def _set_net_type(self, tp: str) -> None:
         if tp not in FORWARD_MODES:
@@ -170,6 +259,22 @@ class SpeakerEmbeddingNet(nn.Module):
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def make_trunk(self, block: Block, layers: List[int]) -> None:
+        """Create ``layer1`` … ``layer4``, ``conv4``, ``bn4``, ``conv5`` and ``bn5``, in this order, after the stem.
+
+        The stem must end with 64 channels. ``layer4`` is built so that
+        checkpoints load strictly, but :meth:`forward_frames` does not use it:
+        ``conv4`` takes ``layer3``'s channels.
+        """
+        self.layer1, inplanes = make_layer(block, 64, layers[0], stride=2, inplanes=64)
+        self.layer2, inplanes = make_layer(block, 128, layers[1], stride=2, inplanes=inplanes)
+        self.layer3, inplanes_layer3 = make_layer(block, 256, layers[2], stride=2, inplanes=inplanes)
+        self.layer4, _ = make_layer(block, 512, layers[3], stride=2, inplanes=inplanes_layer3)
+        self.conv4 = nn.Conv2d(inplanes_layer3, 256, kernel_size=(1, 9), bias=False)
+        self.bn4 = nn.BatchNorm2d(256)
+        self.conv5 = nn.Conv2d(256, 512, kernel_size=(1, 9), bias=False)
+        self.bn5 = nn.BatchNorm2d(512)
 
     def forward_frames(self, x: torch.Tensor) -> torch.Tensor:
         """Frame-level features ``(N, 512, T5, 1)`` of input ``(N, 1, T, F)``, before pooling.

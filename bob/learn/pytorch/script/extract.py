@@ -22,20 +22,8 @@ from ..io import utf8_encodable
 from ..preprocessor.audio import EmbeddingExtractor
 
 __all__ = [
-    "AudioInput",
-    "Failure",
-    "Embedded",
-    "InputConflict",
-    "OUTPUT_FORMATS",
-    "LIST_SUFFIXES",
-    "collect_inputs",
-    "read_wav",
-    "embed_inputs",
-    "output_format",
-    "output_files",
-    "check_names",
-    "rehearse_output",
-    "write_output",
+    "AudioInput", "Failure", "Embedded", "InputConflict",
+    "collect_inputs", "read_wav", "embed_inputs", "check_names", "rehearse_output", "write_output",
 ]
 
 logger = logging.getLogger(__name__)

@@ -194,6 +194,11 @@ def output_option(help_text: str) -> Callable[[F], F]:
     )
 
 
+def whole_number_option(*names: str, default: int, minimum: int, help_text: str) -> Callable[[F], F]:
+    """An integer option of at least ``minimum`` (click refuses less), with ``help_text`` and its default shown."""
+    return click.option(*names, default=default, show_default=True, type=click.IntRange(min=minimum), help=help_text)
+
+
 def model_file_options(function: F) -> F:
     """``--model`` and ``--trust-checkpoint``."""
     return _with_options(function, [_MODEL_FILE_OPTION, _TRUST_OPTION])
@@ -264,22 +269,16 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @output_option("Output file: .h5/.hdf5 (one dataset per recording), .npy (rows, plus <name>.rows.csv) or .csv.")
 @model_options
-@click.option(
+@whole_number_option(
     "--chunk-length",
     "-L",
     default=0,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="Chunk length in frames (10 ms each for the released networks); 0 embeds each recording whole, else one "
-    "row per chunk (at least the network's minimum, 37 frames for the released networks).",
+    minimum=0,
+    help_text="Chunk length in frames (10 ms each for the released networks); 0 embeds each recording whole, else "
+    "one row per chunk (at least the network's minimum, 37 frames for the released networks).",
 )
-@click.option(
-    "--batch-size",
-    "-b",
-    default=8,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Recordings per forward pass (chunks per pass with -L).",
+@whole_number_option(
+    "--batch-size", "-b", default=8, minimum=1, help_text="Recordings per forward pass (chunks per pass with -L)."
 )
 @click.option(
     "--backend",
@@ -581,13 +580,12 @@ def export(
       bob pytorch export resnet34 -o rn34.onnx --model /path/to/rn34.pth.tar
     """
     from .. import onnx_export
-    from ..atomic import replacing
 
     check_backend("onnxruntime")  # the check needs ONNX Runtime (and onnx to export)
     extractor = load_extractor(model_file, network, "cpu", trust_checkpoint, backend="eager")
     module, bins = extractor.network, network.front_end.bins
     try:
-        with replacing(output, "the ONNX model") as temporary:
+        with atomic.replacing(output, "the ONNX model") as temporary:
             onnx_export.export_embedding_network(module, str(temporary), bins)
             difference = onnx_export.check_exported_embedding(temporary.read_bytes(), module, bins)
             if not difference <= runtimes.RUNNER_ATOL:

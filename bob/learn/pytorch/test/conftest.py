@@ -1,5 +1,6 @@
-"""Shared fixtures: golden data (``data/``), reference checkpoints, isolated user settings."""
+"""Shared fixtures: golden data (``data/``), reference checkpoints, isolated user settings; a file behind a link."""
 from pathlib import Path
+from typing import Tuple
 
 import numpy
 import pytest
@@ -72,6 +73,20 @@ def server(payloads):
 
     with ModelServer(payloads) as running:
         yield running
+
+
+def file_behind_link(folder: Path, name: str, text: str, mode: int) -> Tuple[Path, Path]:
+    """``folder/runs/<name>`` holding ``text`` with permission bits ``mode``, and the link ``folder/latest.h5`` to it.
+
+    Returns ``(real, link)``: a file replaced through the link must keep both.
+    """
+    real = folder / "runs" / name
+    real.parent.mkdir()
+    real.write_text(text)
+    real.chmod(mode)
+    link = folder / "latest.h5"
+    link.symlink_to(real)
+    return real, link
 
 
 def load_fixture(name: str):

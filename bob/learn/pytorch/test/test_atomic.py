@@ -10,6 +10,8 @@ import pytest
 from bob.learn.pytorch import atomic
 from bob.learn.pytorch.atomic import make_folders, remove_empty_folders, replacing, temporary_name
 
+from .conftest import file_behind_link
+
 
 @pytest.fixture
 def work(tmp_path):
@@ -43,12 +45,7 @@ def test_a_new_file_gets_the_usual_permissions(work):
 
 
 def test_a_symbolic_link_stays_a_link_to_the_new_content(work):
-    real = work / "runs" / "run3.h5"
-    real.parent.mkdir()
-    real.write_text("old")
-    real.chmod(0o640)
-    link = work / "latest.h5"
-    link.symlink_to(real)
+    real, link = file_behind_link(work, "run3.h5", "old", 0o640)
     write(link, "new")
     assert link.is_symlink() and os.readlink(link) == str(real)
     assert real.read_text() == "new" and stat.S_IMODE(real.stat().st_mode) == 0o640

@@ -26,7 +26,7 @@ from bob.learn.pytorch.script import extract
 from bob.learn.pytorch.script import pytorch as cli
 from bob.learn.pytorch.script.pytorch import pytorch
 
-from .conftest import SPEECH
+from .conftest import SPEECH, file_behind_link
 from .model_server import ModelServer
 
 DRN_PATH_KEY = "bob.learn.pytorch.extractor.audio.drn_modelpath"
@@ -885,12 +885,7 @@ def test_an_output_that_is_a_fifo_is_refused_before_any_work(tmp_path, suffix, m
 
 
 def test_replacing_an_output_keeps_its_permission_bits_and_its_link(tmp_path, drn_file):
-    real = tmp_path / "runs" / "o.h5"
-    real.parent.mkdir()
-    real.write_text("previous run")
-    real.chmod(0o600)
-    link = tmp_path / "latest.h5"
-    link.symlink_to(real)
+    real, link = file_behind_link(tmp_path, "o.h5", "previous run", 0o600)
     result = run("extract-audio", SPEECH / GOOD[0], "-o", link, "--model", drn_file)
     assert result.exit_code == 0, result.stderr
     assert link.is_symlink() and list(hdf5_contents(real)) == [Path(GOOD[0]).stem]

@@ -22,9 +22,20 @@ from typing import Any, Tuple
 from sklearn.pipeline import make_pipeline
 
 from bob.learn.pytorch.bob_imports import Distance, PipelineSimple, wrap
+from bob.learn.pytorch.extractor import CallableExtractor, identity
 from bob.learn.pytorch.transformers import AudioEmbeddingTransformer
 
-__all__ = ["cosine_pipeline"]
+__all__ = ["legacy_variables", "cosine_pipeline"]
+
+
+def legacy_variables() -> Tuple[Any, str, bool]:
+    """``(extractor, extracted_directory, skip_extraction)`` for ``verify.py``: the embedding is the feature.
+
+    The extractor (a new one on each call) returns the preprocessed data
+    unchanged; ``skip_extraction`` makes ``verify.py`` read the preprocessed
+    files as features.
+    """
+    return CallableExtractor(identity), "preprocessed", True
 
 
 def cosine_pipeline(preprocessor: Any) -> Tuple[Any, Any]:

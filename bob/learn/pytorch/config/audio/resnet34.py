@@ -2,15 +2,9 @@
 
 See :mod:`bob.learn.pytorch.config.audio` for what it defines and where the model file comes from.
 """
-from bob.learn.pytorch.config.audio import cosine_pipeline
-from bob.learn.pytorch.extractor import CallableExtractor, identity
+from bob.learn.pytorch.config.audio import cosine_pipeline, legacy_variables
 from bob.learn.pytorch.preprocessor.audio import ResNetExtractor
 
-# Legacy (verify.py) variables.
 preprocessor = ResNetExtractor()
-extractor = CallableExtractor(identity)
-extracted_directory = "preprocessed"
-skip_extraction = True
-
-# bob bio pipeline simple.
-transformer, pipeline = cosine_pipeline(preprocessor)
+extractor, extracted_directory, skip_extraction = legacy_variables()  # verify.py
+transformer, pipeline = cosine_pipeline(preprocessor)  # bob bio pipeline simple
