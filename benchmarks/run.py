@@ -27,14 +27,13 @@ ratios, which are measured within one process.
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -44,7 +43,7 @@ import numpy  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from bob.learn.pytorch import pretrained  # noqa: E402
+from common import add_network_option, cpu_model, registered_network, timed  # noqa: E402
 from bob.learn.pytorch.pipeline import EmbeddingPipeline  # noqa: E402
 from bob.learn.pytorch.preprocessor.audio import EmbeddingExtractor  # noqa: E402
 from bob.learn.pytorch.runtimes import RUNTIMES  # noqa: E402
@@ -103,12 +102,6 @@ def network_flops(network: torch.nn.Module, n_frames: int) -> int:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         network(torch.zeros(1, 1, n_frames, 257))
     return counter.get_total_flops()
-
-
-def timed(function: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
 
 
 def model_file(args: argparse.Namespace, folder: str) -> str:
@@ -224,18 +217,6 @@ def measure_memory(args: argparse.Namespace, path: str) -> Dict[str, float]:
 # -- report -------------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    """The processor's name from /proc/cpuinfo (Linux), else what :mod:`platform` knows."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def print_report(
     rows: List[Dict[str, float]], memory: Dict[str, float], args, backend: str, load_before, load_after
 ) -> None:
@@ -274,24 +255,11 @@ def print_report(
         )
 
 
-def registered_network(name: str) -> pretrained.PretrainedNetwork:
-    """The registry's record of ``name`` (a name or an alias), for argparse."""
-    try:
-        return pretrained.get(name)
-    except ValueError as exc:  # its message lists the registered names
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="model file (default: a random-weight reference checkpoint)")
-    parser.add_argument(
-        "--network",
-        type=registered_network,
-        default="dltresnet34",
-        metavar="NAME",
-        help=f"registered network ({', '.join(pretrained.names())}, or an alias)",
-    )
+    add_network_option(parser)
     # Version 1.0's --net drn|rn, kept working: drn and rn are aliases in the registry.
     parser.add_argument(
         "--net", dest="network", type=registered_network, default=argparse.SUPPRESS, help=argparse.SUPPRESS

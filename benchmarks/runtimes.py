@@ -39,11 +39,9 @@ import argparse
 import importlib.metadata
 import json
 import os
-import platform
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -52,7 +50,8 @@ if str(REPO) not in sys.path:
 import numpy  # noqa: E402
 import torch  # noqa: E402
 
-from bob.learn.pytorch import pretrained, runtimes  # noqa: E402
+from common import add_network_option, cpu_model, timed  # noqa: E402
+from bob.learn.pytorch import runtimes  # noqa: E402
 
 #: Largest difference from eager's frame features accepted, relative to their largest magnitude.
 TOLERANCE = 1e-4
@@ -67,18 +66,6 @@ FrameBody = Callable[[numpy.ndarray], numpy.ndarray]
 
 
 # -- the machine --------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    """The processor's name from /proc/cpuinfo (Linux), else what :mod:`platform` knows."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def avx512() -> Tuple[bool, str]:
@@ -137,12 +124,6 @@ def build_bodies(network: torch.nn.Module, bins: int) -> Tuple[Dict[str, FrameBo
 
 
 # -- measuring ----------------------------------------------------------------------------------------
-
-
-def timed(function: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
 
 
 def relative_difference(output: numpy.ndarray, reference: numpy.ndarray) -> float:
@@ -269,23 +250,10 @@ def print_report(report: Dict) -> None:
     )
 
 
-def registered_network(name: str) -> pretrained.PretrainedNetwork:
-    """The registry's record of ``name`` (a name or an alias), for argparse."""
-    try:
-        return pretrained.get(name)
-    except ValueError as exc:  # its message lists the registered names
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--network",
-        type=registered_network,
-        default="dltresnet34",
-        metavar="NAME",
-        help=f"registered network ({', '.join(pretrained.names())}, or an alias)",
-    )
+    add_network_option(parser)
     parser.add_argument("--durations", type=float, nargs="+", default=[3.0, 10.0, 60.0], help="seconds of audio")
     parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds; the best of each is kept")
     parser.add_argument("--long-rounds", type=int, default=5, help=f"rounds for durations above {LONG_SECONDS:g} s")

@@ -58,7 +58,8 @@ def _convert(onnx_model: bytes, folder: str) -> str:
     source, target = os.path.join(folder, "frame_body.onnx"), os.path.join(folder, "frame_body.mnn")
     with open(source, "wb") as stream:
         stream.write(onnx_model)
-    _tools.mnnconvert(["mnnconvert", "-f", "ONNX", "--modelFile", source, "--MNNModel", target, "--bizCode", "bob.learn.pytorch"])
+    arguments = ["mnnconvert", "-f", "ONNX", "--modelFile", source, "--MNNModel", target]
+    _tools.mnnconvert(arguments + ["--bizCode", "bob.learn.pytorch"])
     if not os.path.isfile(target) or os.path.getsize(target) == 0:
         raise RuntimeError("MNN's converter wrote no model (its messages are on the standard output)")
     return target
@@ -70,9 +71,11 @@ class MnnRuntime:
     Parameters
     ----------
     model : bytes
-        ONNX model from :func:`~bob.learn.pytorch.onnx_export.export_frame_body`.
+        The frame body as ONNX (from
+        :func:`~bob.learn.pytorch.onnx_export.export_frame_body`), converted
+        here to MNN's format.
     threads : int
-        Threads of MNN's CPU backend.
+        Threads of MNN's CPU backend (its process-wide worker pool).
 
     Notes
     -----

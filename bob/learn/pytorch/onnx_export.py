@@ -45,6 +45,8 @@ EMBEDDING_NAME = "embedding"
 #: Shape of the tracing input, batch and frames; both axes stay free in the exported graph
 #: (a batch of one would be taken for a constant).
 EXPORT_BATCH, EXPORT_FRAMES = 2, 300
+#: How every export is made: the torch.export-based exporter, this operator set, no report or check files.
+_EXPORTER_OPTIONS = {"dynamo": True, "opset_version": OPSET, "verify": False, "report": False, "verbose": False}
 #: The exporter's logger, which notes once per export that torchvision's operators (unused here) are missing.
 _REGISTRATION_LOGGER = "torch.onnx._internal.exporter._registration"
 
@@ -99,15 +101,11 @@ def _export(module: nn.Module, bins: int, output: str, optimize: bool, free_bins
         return torch.onnx.export(
             module,
             (example,),
-            dynamo=True,
-            opset_version=OPSET,
             optimize=optimize,
-            verify=False,
-            report=False,
-            verbose=False,
             input_names=[INPUT_NAME],
             output_names=[output],
             dynamic_shapes=({0: free, 2: free, **({3: free} if free_bins else {})},),
+            **_EXPORTER_OPTIONS,
         )
 
 

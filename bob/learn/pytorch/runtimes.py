@@ -38,8 +38,8 @@ from .mnn_runtime import mnn_available
 from .onnx_export import INPUT_NAME, OUTPUT_NAME, export_frame_body
 
 __all__ = [
-    "RUNTIMES", "RUNNER_ATOL", "RUNNER_FRAMES_RTOL", "Runtime", "EagerRuntime", "OnnxRuntime",
-    "onnxruntime_available", "check_runtime_name", "build_runtime",
+    "RUNTIMES", "OPTIONAL_RUNTIMES", "RUNNER_ATOL", "RUNNER_FRAMES_RTOL", "Runtime", "EagerRuntime", "OnnxRuntime",
+    "onnxruntime_available", "check_runtime_name", "missing_runtime", "available_runtimes", "build_runtime",
 ]
 
 logger = logging.getLogger(__name__)

@@ -23,18 +23,26 @@ def without_onnxruntime(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def onnx_runtimes(extractors):
-    """``{net: ONNX Runtime runtime}``, each built once for this module."""
-    if not runtimes.onnxruntime_available():
-        pytest.skip('needs ".[fast]"')
-    return {net: build_runtime(extractor.network, "onnxruntime") for net, extractor in extractors.items()}
+def optimised_runtimes(extractors):
+    """``{runtime name: {net: runtime}}``, each built on first use, once for this module."""
+    built = {}
+
+    def get(name):
+        if runtimes.missing_runtime(name):
+            pytest.skip(runtimes.missing_runtime(name))
+        if name not in built:
+            built[name] = {net: build_runtime(extractor.network, name) for net, extractor in extractors.items()}
+        return built[name]
+
+    return get
 
 
+@pytest.mark.parametrize("name", ["onnxruntime", "mnn"])
 @pytest.mark.parametrize("net", ["drn", "rn"])
 @pytest.mark.parametrize("shape", [(1, 1, 37, 257), (3, 1, 298, 257), (1, 1, 1001, 257), (2, 1, 64, 272)])
-def test_onnxruntime_matches_the_eager_network(extractors, onnx_runtimes, net, shape):
-    network, runtime = extractors[net].network, onnx_runtimes[net]
-    assert runtime.name == "onnxruntime" and runtime.threads == torch.get_num_threads()
+def test_optimised_runtimes_match_the_eager_network(extractors, optimised_runtimes, name, net, shape):
+    network, runtime = extractors[net].network, optimised_runtimes(name)[net]
+    assert runtime.name == name and runtime.threads == torch.get_num_threads()
     x = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)))
     with torch.inference_mode():
         fast, eager = runtime(x), network.forward_frames(x)
@@ -74,28 +82,8 @@ def test_unknown_or_removed_runtimes_are_refused_before_loading(drn_file, name):
 # -- MNN: opt-in, same numbers -------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def mnn_runtimes(extractors):
-    """``{net: MNN runtime}``, each built once for this module."""
-    if not runtimes.OPTIONAL_RUNTIMES["mnn"].available():
-        pytest.skip('needs ".[mnn]"')
-    return {net: build_runtime(extractor.network, "mnn") for net, extractor in extractors.items()}
-
-
-@pytest.mark.parametrize("net", ["drn", "rn"])
-@pytest.mark.parametrize("shape", [(1, 1, 37, 257), (3, 1, 298, 257), (1, 1, 1001, 257)])
-def test_mnn_matches_the_eager_network(extractors, mnn_runtimes, net, shape):
-    network, runtime = extractors[net].network, mnn_runtimes[net]
-    assert runtime.name == "mnn" and runtime.threads == torch.get_num_threads()
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)))
-    with torch.inference_mode():
-        fast, eager = runtime(x), network.forward_frames(x)
-        assert fast.shape == eager.shape and fast.dtype == torch.float32
-        assert float((fast - eager).abs().max()) <= RUNNER_FRAMES_RTOL * float(eager.abs().max())
-        numpy.testing.assert_allclose(embedding_head(network, fast), network(x), rtol=0, atol=ATOL)
-
-
-def test_mnn_is_chosen_only_by_name(drn_file, mnn_runtimes):
+def test_mnn_is_chosen_only_by_name(drn_file, optimised_runtimes):
+    optimised_runtimes("mnn")  # skips without the mnn extra
     extractor = DltResNetExtractor(str(drn_file), backend="mnn")
     audio = speech("flite_kal_u1")
     assert extractor.runtime == "mnn"
@@ -103,10 +91,11 @@ def test_mnn_is_chosen_only_by_name(drn_file, mnn_runtimes):
     assert DltResNetExtractor(str(drn_file)).runtime in ("onnxruntime", "eager")
 
 
-def test_mnn_larger_winograd_tiles_would_fail_the_check(extractors, mnn_runtimes, monkeypatch):
+def test_mnn_larger_winograd_tiles_would_fail_the_check(extractors, optimised_runtimes, monkeypatch):
     """MNN's default tiles (up to F(6x6, 3x3)) round beyond the tolerance: the check refuses them."""
     from bob.learn.pytorch import mnn_runtime
 
+    optimised_runtimes("mnn")  # skips without the mnn extra
     monkeypatch.setattr(mnn_runtime, "WINOGRAD_HINT", 3)
     with pytest.raises(RuntimeBuildError, match="MNN's network differs from the eager one"):
         build_runtime(extractors["drn"].network, "mnn")
