@@ -43,7 +43,7 @@ import numpy  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from common import add_network_option, cpu_model, registered_network, timed  # noqa: E402
+from benchmarks.common import add_network_option, cpu_model, registered_network, timed  # noqa: E402
 from bob.learn.pytorch.pipeline import EmbeddingPipeline  # noqa: E402
 from bob.learn.pytorch.preprocessor.audio import EmbeddingExtractor  # noqa: E402
 from bob.learn.pytorch.runtimes import RUNTIMES  # noqa: E402

@@ -50,7 +50,7 @@ if str(REPO) not in sys.path:
 import numpy  # noqa: E402
 import torch  # noqa: E402
 
-from common import add_network_option, cpu_model, timed  # noqa: E402
+from benchmarks.common import add_network_option, cpu_model, timed  # noqa: E402
 from bob.learn.pytorch import runtimes  # noqa: E402
 
 #: Largest difference from eager's frame features accepted, relative to their largest magnitude.

@@ -1,4 +1,4 @@
-"""The benchmark script still runs and reports what the README's figures come from (no timing is checked)."""
+"""The benchmark scripts still run and report what the docs' figures come from (no timing is checked)."""
 import importlib.util
 import json
 
@@ -6,17 +6,25 @@ import pytest
 
 from .conftest import REPO
 
-BENCHMARK = REPO / "benchmarks" / "run.py"
+from bob.learn.pytorch import runtimes
+
+BENCHMARKS = REPO / "benchmarks"
+
+
+def load_script(name):
+    """The benchmark script ``benchmarks/<name>.py`` as a module (skipped where the scripts are not shipped)."""
+    path = BENCHMARKS / f"{name}.py"
+    if not path.is_file():
+        pytest.skip(f"benchmarks/{name}.py is not shipped in installed packages")
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def benchmark_module():
-    if not BENCHMARK.is_file():
-        pytest.skip("benchmarks/run.py is not shipped in installed packages")
-    spec = importlib.util.spec_from_file_location("benchmark_run", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("run")
 
 
 def test_benchmark_reports_every_figure(benchmark_module, drn_file, tmp_path, capsys):
@@ -34,3 +42,18 @@ def test_benchmark_reports_every_figure(benchmark_module, drn_file, tmp_path, ca
     assert row["max_abs_diff_vs_baseline"] <= 1e-5  # the fast paths give the original path's embeddings
     printed = capsys.readouterr().out
     assert f"backend={result['backend']}" in printed and result["machine"]["kernels"] in printed
+
+
+def test_runtimes_benchmark_checks_and_times_every_installed_runtime(tmp_path, capsys):
+    report = tmp_path / "runtimes.json"
+    load_script("runtimes").main(["--durations", "0.5", "--rounds", "1", "--json", str(report)])
+    result = json.loads(report.read_text())
+    installed = runtimes.available_runtimes()
+    (row,) = result["rows"]
+    assert row["frames"] == 50 and sorted(row["ms"]) == sorted(installed) and not row["excluded"]
+    assert all(0 < ms for ms in row["ms"].values())
+    assert all(difference < 1e-4 for difference in row["relative_difference"].values())
+    assert result["auto_2_0"] == ("onnxruntime" if "onnxruntime" in installed else "eager")
+    assert result["auto_1_0"] == ("onnxruntime" if result["machine"]["avx512"] else "mnn")
+    printed = capsys.readouterr().out
+    assert "2.0 auto here: " + result["auto_2_0"] in printed and "mnn/1.0 auto" in printed

@@ -93,6 +93,14 @@ def _without_onnxruntime(drn_file, monkeypatch):
     return DltResNetExtractor(str(drn_file), backend="onnxruntime")
 
 
+def _without_mnn(drn_file, monkeypatch):
+    """The extractor asked for MNN while the ``mnn`` extra is missing."""
+    from bob.learn.pytorch import runtimes
+
+    monkeypatch.setattr(runtimes, "mnn_available", lambda: False)
+    return DltResNetExtractor(str(drn_file), backend="mnn")
+
+
 def cases(extractor, tmp_path, drn_file, rn_file, monkeypatch):
     """The call each row describes."""
     (tmp_path / "blocker").write_text("")
@@ -114,7 +122,8 @@ def cases(extractor, tmp_path, drn_file, rn_file, monkeypatch):
         "``annotations`` neither": lambda: extractor((16000, NOISE), "annotations"),
         "unknown ``backend`` name": lambda: DltResNetExtractor(str(drn_file), backend="tensorrt"),
         '``backend="onnxruntime"`` without': lambda: _without_onnxruntime(drn_file, monkeypatch),
-        '``backend="mnn"`` or': lambda: DltResNetExtractor(str(drn_file), backend="mnn"),
+        '``backend="mnn"`` without': lambda: _without_mnn(drn_file, monkeypatch),
+        '``backend="torchscript"``': lambda: DltResNetExtractor(str(drn_file), backend="torchscript"),
         "spectrogram with a number of frequency bins": lambda: extractor.extract_embeddings(
             extractor.network, SPECS[:, :256], 0
         ),
@@ -156,7 +165,7 @@ def _fifo(path):
 
 def test_table_covers_every_case():
     rows = table_rows()
-    assert len(rows) == 42
+    assert len(rows) == 43
     assert all(len(row) == 3 for row in rows)
     assert len(table_rows(1)) == 24
     assert all(len(row) == 3 for row in table_rows(1))
