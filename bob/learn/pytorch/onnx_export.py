@@ -69,6 +69,8 @@ class _NetworkMethod(nn.Module):
 
 
 class _TorchvisionNotes(logging.Filter):
+    """Drops the exporter's log lines about torchvision's operators."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         return "torchvision" not in record.getMessage()
 
@@ -115,13 +117,18 @@ def _architecture_key(network: SpeakerEmbeddingNet, bins: int) -> Hashable:
     return type(network), repr(network), shapes, bins
 
 
-def _weightless_frame_body(network: SpeakerEmbeddingNet, bins: int) -> bytes:
-    """The frame body's unoptimised graph with the network's weights left out, made once per architecture.
+def _weights_by_initializer(network: SpeakerEmbeddingNet) -> Dict[str, torch.Tensor]:
+    """The network's state under the names of the frame body's initializers.
 
     The exporter names each weight's initializer by its state-dict key (the
     names :meth:`torch.onnx.ONNXProgram.apply_weights` relies on), here under
     the wrapper's ``network.`` prefix.
     """
+    return {f"network.{name}": value for name, value in network.state_dict().items()}
+
+
+def _weightless_frame_body(network: SpeakerEmbeddingNet, bins: int) -> bytes:
+    """The frame body's unoptimised graph with the network's weights left out, made once per architecture."""
     import onnx_ir
 
     key = _architecture_key(network, bins)
@@ -130,7 +137,7 @@ def _weightless_frame_body(network: SpeakerEmbeddingNet, bins: int) -> bytes:
     if graph is None:
         body = _NetworkMethod(network, "forward_frames")
         proto = onnx_ir.serde.serialize_model(_export(body, bins, OUTPUT_NAME, False, free_bins=True).model)
-        weights = {f"network.{name}" for name in network.state_dict()}
+        weights = _weights_by_initializer(network)
         for initializer in proto.graph.initializer:
             if initializer.name in weights:
                 initializer.ClearField("raw_data")
@@ -155,7 +162,7 @@ def export_frame_body(network: SpeakerEmbeddingNet, bins: int = 257) -> bytes:
     import onnxscript.optimizer
 
     model = onnx_ir.serde.deserialize_model(onnx.load_from_string(_weightless_frame_body(network, bins)))
-    weights = {f"network.{name}": value for name, value in network.state_dict().items()}
+    weights = _weights_by_initializer(network)
     for name, initializer in model.graph.initializers.items():
         if name in weights:
             initializer.const_value = onnx_ir.tensor(weights[name].detach().cpu().numpy(), name=name)
