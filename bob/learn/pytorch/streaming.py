@@ -56,9 +56,10 @@ __all__ = [
     "embed_long",
 ]
 
-#: Output steps kept per block (256 steps = 8192 frames, about 82 s). Smaller blocks cost
-#: more halo; larger ones more memory (384 steps: +40 % memory, -3 % time with ONNX Runtime).
-BLOCK_STEPS = 256
+#: Output steps kept per block (192 steps = 6144 frames, about 61 s). Smaller blocks cost
+#: more halo; larger ones more memory (with ONNX Runtime, for a 60-minute recording: 256
+#: steps peaked 70 to 80 MiB higher and were no faster; 128 steps 150 MiB lower but 7 to 14 % slower).
+BLOCK_STEPS = 192
 #: Whole-utterance embeddings of at least this many frames (about 2.7 min) are
 #: computed block by block.
 STREAMING_MIN_FRAMES = 16384
