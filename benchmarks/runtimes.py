@@ -162,7 +162,7 @@ def measure_duration(bodies: Dict[str, FrameBody], seconds: float, frames: int, 
 
 def auto_choices(available: Dict[str, FrameBody], has_avx512: bool) -> Tuple[str, str]:
     """Version 2.0's and version 1.0's ``"auto"`` runtime on this machine."""
-    auto_2_0 = "onnxruntime" if "onnxruntime" in available else "eager"
+    auto_2_0 = runtimes.AUTO_RUNTIME if runtimes.AUTO_RUNTIME in available else "eager"
     auto_1_0 = "onnxruntime" if has_avx512 else "mnn"
     return auto_2_0, auto_1_0
 

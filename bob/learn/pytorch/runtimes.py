@@ -34,12 +34,13 @@ from torch import nn
 
 from .architectures.utils import SpeakerEmbeddingNet, l2_normalize, statistics_pooling
 from .errors import RuntimeBuildError
-from .mnn_runtime import mnn_available
+from .mnn_runtime import MnnRuntime, mnn_available
 from .onnx_export import INPUT_NAME, OUTPUT_NAME, export_frame_body
 
 __all__ = [
-    "RUNTIMES", "OPTIONAL_RUNTIMES", "RUNNER_ATOL", "RUNNER_FRAMES_RTOL", "Runtime", "EagerRuntime", "OnnxRuntime",
-    "onnxruntime_available", "check_runtime_name", "missing_runtime", "available_runtimes", "build_runtime",
+    "RUNTIMES", "OPTIONAL_RUNTIMES", "AUTO_RUNTIME", "RUNNER_ATOL", "RUNNER_FRAMES_RTOL", "Runtime", "EagerRuntime",
+    "OnnxRuntime", "onnxruntime_available", "check_runtime_name", "missing_runtime", "available_runtimes",
+    "build_runtime",
 ]
 
 logger = logging.getLogger(__name__)
@@ -124,12 +125,6 @@ def onnxruntime_available() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxscript", "onnxruntime"))
 
 
-def _build_mnn(model: bytes, threads: int) -> Runtime:
-    from .mnn_runtime import MnnRuntime
-
-    return MnnRuntime(model, threads)
-
-
 class _OptionalRuntime(NamedTuple):
     """An optimised runtime: what it is called, what it needs and how it is made from the exported frame body."""
 
@@ -139,14 +134,21 @@ class _OptionalRuntime(NamedTuple):
     make: Callable[[bytes, int], Runtime]
 
 
-#: The optimised runtimes by name; ``"auto"`` means the first, when it is installed. The entries look
-#: their functions up when called, so that what they call can be replaced (in tests, for example).
+#: The optimised runtimes by name. The entries look their functions up when called, so that what
+#: they call can be replaced (in tests, for example).
 OPTIONAL_RUNTIMES: Dict[str, _OptionalRuntime] = {
     "onnxruntime": _OptionalRuntime(
         "ONNX Runtime", lambda: onnxruntime_available(), "fast", lambda model, threads: OnnxRuntime(model, threads)
     ),
-    "mnn": _OptionalRuntime("MNN", lambda: onnxruntime_available() and mnn_available(), "mnn", _build_mnn),
+    "mnn": _OptionalRuntime(
+        "MNN",
+        lambda: onnxruntime_available() and mnn_available(),
+        "mnn",
+        lambda model, threads: MnnRuntime(model, threads),
+    ),
 }
+#: The optimised runtime ``"auto"`` builds when it is installed (MNN is used only when named).
+AUTO_RUNTIME = "onnxruntime"
 
 
 def check_runtime_name(name: str) -> str:
@@ -218,7 +220,7 @@ def build_runtime(network: SpeakerEmbeddingNet, name: str = "auto", bins: int = 
     if network.training:
         raise ValueError("build_runtime needs a network in eval mode (call network.eval() first)")
     eager = EagerRuntime(network)
-    chosen = "onnxruntime" if name == "auto" else name
+    chosen = AUTO_RUNTIME if name == "auto" else name
     optional = OPTIONAL_RUNTIMES.get(chosen)
     if optional is None or _device_of(network).type != "cpu" or not optional.available():
         return eager

@@ -547,11 +547,12 @@ def setting_keys(record: pretrained.PretrainedNetwork) -> List[str]:
 
 def describe_backends() -> List[str]:
     """The lines ``info`` prints about the runtimes (``--backend``); nothing is imported or built."""
-    fast = runtimes.missing_runtime("onnxruntime") is None
+    auto = runtimes.AUTO_RUNTIME
+    uses = f"{auto} (eager if it fails its check against eager)" if runtimes.missing_runtime(auto) is None else "eager"
     lines = [
         "network runtimes (extract-audio --backend; devices other than the CPU run eager):",
         f"  available:    {', '.join(runtimes.available_runtimes())}",
-        f"  auto uses:    {'onnxruntime (eager if it fails its check against eager)' if fast else 'eager'}",
+        f"  auto uses:    {uses}",
     ]
     missing = (runtimes.missing_runtime(name) for name in runtimes.OPTIONAL_RUNTIMES)
     return lines + [f"  missing:      {message}" for message in missing if message]
