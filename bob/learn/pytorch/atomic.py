@@ -6,16 +6,25 @@ Conventions of :func:`replacing`, shared by every file the package writes
 - the new content goes to a hidden temporary file beside the target,
   ``.<name>.<host>.<pid>.<random>.partial``, flushed and fsynced before it is
   renamed onto the target in one step (and the folder is fsynced after);
+- every name made beside a target (the temporary file, a download's lock
+  file) fits the file system's limit on names (``NAME_MAX``, 255 bytes on most
+  file systems): when the target's name leaves too little room, the name is
+  shortened and ends with a hash of the whole name, so it still belongs to
+  one target only;
 - an existing target keeps its permission bits (a 0600 file stays 0600);
 - a target that is a symbolic link stays a link: the file it points to is
   replaced (a dangling link gets its file created);
 - a target that is not a regular file (a folder, a FIFO, a device, a
   socket) is never written to or replaced;
 - temporary files left beside the same target by a process of this machine
-  that no longer runs (killed) are removed;
+  that no longer runs (killed) are removed; those of a running process, or of
+  another target (``net.pth.v2`` beside ``net.pth``), are never touched;
+- a temporary file removed by another program before the rename is reported
+  as such (nothing is written);
 - folders created for the target are removed again if the write fails.
 """
 import errno
+import hashlib
 import os
 import re
 import socket
@@ -25,22 +34,85 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, List, Union
 
-__all__ = ["replacing", "temporary_name", "make_folders", "remove_empty_folders", "not_regular_file_reason"]
+__all__ = [
+    "replacing", "temporary_name", "companion_name", "make_folders", "remove_empty_folders",
+    "not_regular_file_reason", "NAME_MAX",
+]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
+#: Longest file name, in bytes, when the file system does not say (ext4, XFS, Btrfs, tmpfs: 255).
+NAME_MAX = 255
+#: Bytes of a temporary name besides the target's name: ``.`` ``.<host>`` (at most 64)
+#: ``.<pid>`` (at most 10) ``.<32 hex digits>`` ``.partial``.
+_TEMPORARY_EXTRA = 1 + 65 + 11 + 33 + 8
+#: Bytes of a shortened name's end: ``~`` and 16 hex digits of the sha256 of the whole name.
+_HASH_END = 17
+
 
 def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+    return (re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host")[:64]
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name the file system of ``folder`` (or of its nearest existing parent) accepts."""
+    folder = Path(os.path.abspath(folder))
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return NAME_MAX
+
+
+def _fitted(name: str, room: int) -> str:
+    """``name`` if it takes at most ``room`` bytes, else its beginning and a hash of the whole name, in ``room`` bytes."""
+    raw = os.fsencode(name)
+    if len(raw) <= room:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[: _HASH_END - 1]
+    return os.fsdecode(raw[: max(room - _HASH_END, 0)]) + "~" + digest
+
+
+def _temporary_stem(path: Path) -> str:
+    """What the temporary names of ``path`` start with (after the dot): its name, shortened to leave room."""
+    return _fitted(path.name, _name_max(path.parent) - _TEMPORARY_EXTRA)
 
 
 def temporary_name(path: PathLike) -> Path:
     """A new temporary file name beside ``path``: ``.<name>.<host>.<pid>.<random>.partial``.
 
-    Left behind by a killed process, it is removed by the next :func:`replacing` of ``path``.
+    ``<name>`` is shortened (its beginning and a hash of the whole name) when
+    the name would not fit the file system. Left behind by a killed process, the
+    file is removed by the next :func:`replacing` of ``path``.
     """
     path = Path(path)
-    return path.with_name(f".{path.name}.{_host()}.{os.getpid()}.{uuid.uuid4().hex}.partial")
+    return path.with_name(f".{_temporary_stem(path)}.{_host()}.{os.getpid()}.{uuid.uuid4().hex}.partial")
+
+
+def companion_name(path: PathLike, suffix: str) -> Path:
+    """The file beside ``path`` named after it with ``suffix`` (``net.pth`` → ``net.pth.lock``).
+
+    The name is shortened like those of :func:`temporary_name` when it would not fit.
+
+    >>> companion_name("/models/net.pth", ".lock")
+    PosixPath('/models/net.pth.lock')
+    """
+    path = Path(path)
+    room = _name_max(path.parent) - len(os.fsencode(suffix))
+    return path.with_name(_fitted(path.name, room) + suffix)
+
+
+def _check_name_length(path: Path, what: str) -> None:
+    limit = _name_max(path.parent)
+    size = len(os.fsencode(path.name))
+    if size > limit:
+        raise OSError(
+            errno.ENAMETOOLONG,
+            f"cannot write {what} to {path}: its name is {size} bytes long, longer than the {limit} bytes "
+            "the file system accepts; choose a shorter name",
+            str(path),
+        )
 
 
 def not_regular_file_reason(path: PathLike) -> str:
@@ -101,14 +173,15 @@ def remove_empty_folders(folders: List[Path]) -> None:
 
 def _stale_partials(path: Path) -> Iterator[Path]:
     """Temporary files of ``path`` left by processes of this machine that no longer run."""
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.[0-9a-f]{{32}}\.partial")
+    stem, host = re.escape(_temporary_stem(path)), re.escape(_host())
+    pattern = re.compile(rf"\.{stem}\.{host}\.(?P<pid>\d+)\.[0-9a-f]{{32}}\.partial")
     try:
         names = os.listdir(path.parent)
     except OSError:
         return
     for name in names:
         match = pattern.fullmatch(name)
-        if match and match["host"] == _host() and not _running(int(match["pid"])):
+        if match and not _running(int(match["pid"])):
             yield path.parent / name
 
 
@@ -172,8 +245,9 @@ def replacing(path: PathLike, what: str = "a file") -> Iterator[Path]:
     ------
     OSError
         ``cannot write <what> to <path>: <reason>`` when the folder cannot be
-        made or written, or ``path`` is not a regular file (a folder:
-        IsADirectoryError).
+        made or written, the name is too long for the file system, ``path`` is
+        not a regular file (a folder: IsADirectoryError), or the temporary file
+        was removed by another program before the rename (FileNotFoundError).
 
     Examples
     --------
@@ -184,6 +258,7 @@ def replacing(path: PathLike, what: str = "a file") -> Iterator[Path]:
     >>> target.read_text()
     'done'
     """
+    _check_name_length(Path(path), what)
     path = _target_of(Path(path))
     reason = not_regular_file_reason(path)
     if reason:
@@ -200,15 +275,28 @@ def replacing(path: PathLike, what: str = "a file") -> Iterator[Path]:
         raise _refuse(type(error), error.errno or 0, what, path, error.strerror or str(error)) from None
     try:
         yield temporary
-        _keep_mode(path, temporary)
-        _fsync(temporary)
-        os.replace(temporary, path)
-        _fsync(path.parent, directory=True)
+        _move_into_place(temporary, path, what)
     except BaseException:
         if temporary.exists():
             temporary.unlink()
         remove_empty_folders(created)
         raise
+
+
+def _move_into_place(temporary: Path, path: Path, what: str) -> None:
+    try:
+        _keep_mode(path, temporary)
+        _fsync(temporary)
+        os.replace(temporary, path)
+    except FileNotFoundError:
+        if temporary.exists():
+            raise
+        raise _refuse(
+            FileNotFoundError, errno.ENOENT, what, path,
+            f"its temporary file {temporary.name} was removed by another program before it could be renamed "
+            "into place; nothing was written, try again",
+        ) from None
+    _fsync(path.parent, directory=True)
 
 
 def _keep_mode(path: Path, temporary: Path) -> None:

@@ -16,11 +16,11 @@ import json
 import logging
 import os
 import tomllib
-import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Sequence
 
 from .errors import SettingsError
+from .fetch import redact_url  # re-exported: addresses are shown as the fetcher shows them
 
 __all__ = ["SettingValue", "bob_config_file", "legacy_rc_file", "settings_files", "get_setting", "redact_url", "shown"]
 
@@ -38,24 +38,6 @@ class SettingValue(NamedTuple):
     def source(self) -> str:
         """Human-readable origin, e.g. ``setting KEY in ~/.config/bobrc.toml``."""
         return f"setting {self.key} in {self.file}"
-
-
-def redact_url(url: str) -> str:
-    """``url`` without the user name and password it may carry, for messages and logs.
-
-    >>> redact_url("https://alice:s3cret@example.org/m.pth.tar")
-    'https://***@example.org/m.pth.tar'
-    >>> redact_url("https://example.org/m.pth.tar")
-    'https://example.org/m.pth.tar'
-    """
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:  # e.g. an unbalanced "[" in the host: show nothing of it that could be a secret
-        return "<an address that cannot be parsed>" if "@" in url else url
-    if "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
 
 
 def shown(value: Any) -> Any:

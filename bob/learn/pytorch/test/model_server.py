@@ -1,20 +1,31 @@
-"""A local HTTP server for download tests, with fault modes, and a worker for multi-process tests.
+"""A local HTTP server for download tests, with fault modes, and workers for multi-process tests.
 
-Only 127.0.0.1 is used; nothing here touches the network.
+Only 127.0.0.1 is used; nothing here touches the network. The server also
+answers requests meant for a proxy (``GET http://host/path``) as if it were
+one: the file named by the path is served in the next mode, so a dripping
+proxy is a server whose plan says "drip".
 """
+import functools
 import gzip
 import hashlib
 import http.server
 import os
 import threading
+import urllib.parse
 from collections import deque
 from typing import Deque, Dict, List, Tuple
 
 #: What the server does for one request.
 MODES = (
     "ok", "404", "500", "truncated", "html", "garbage", "slow", "trickle", "no_length",
-    "drip", "endless", "gzip", "gzip_bomb", "huge_length", "drip_headers", "stall_no_length",
+    "drip", "endless", "gzip", "gzip_bomb", "huge_length", "drip_headers", "stall_no_length", "unknown_encoding",
 )
+
+
+@functools.lru_cache(maxsize=None)
+def gzip_bomb() -> bytes:
+    """64 MiB of zeros in about 64 kB of gzip (made once)."""
+    return gzip.compress(bytes(64 << 20), compresslevel=9)
 
 
 class ModelServer:
@@ -84,7 +95,7 @@ def _handler_for(server: ModelServer):
             pass
 
         def do_GET(self) -> None:
-            path = self.path.lstrip("/")
+            path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path).lstrip("/")
             mode = server._next_mode(path)
             body = server.files.get(path)
             if mode == "404" or body is None:
@@ -133,9 +144,10 @@ def _handler_for(server: ModelServer):
                 self._until_stopped(lambda index: bytes(1 << 16), 0)
             elif mode == "gzip":  # the model, compressed although the client asked for identity
                 self._answer(200, gzip.compress(body, compresslevel=1), "application/octet-stream", "gzip")
-            elif mode == "gzip_bomb":  # 64 MiB of zeros in about 64 kB
-                bomb = gzip.compress(bytes(64 << 20), compresslevel=9)
-                self._answer(200, bomb, "application/octet-stream", "gzip")
+            elif mode == "unknown_encoding":
+                self._answer(200, body, "application/octet-stream", "compress")
+            elif mode == "gzip_bomb":
+                self._answer(200, gzip_bomb(), "application/octet-stream", "gzip")
             elif mode == "huge_length":  # announces a body of a terabyte
                 self._headers(200, 1 << 40, "application/octet-stream")
                 self.wfile.write(body[:1000])
@@ -204,3 +216,14 @@ def construct_extractor(data_dir: str, use_res: bool, barrier, results) -> None:
         results.put(("ok", extractor.model_path, sha256_of(extractor.model_path), os.getpid()))
     except BaseException as error:  # reported to the parent test
         results.put(("error", repr(error), "", os.getpid()))
+
+
+def fetch_in_process(url: str, target: str, deadline: float, ready) -> None:
+    """Process body: fetch ``url`` to ``target`` (a slow download to be stopped, or raced); report on ``ready``."""
+    from bob.learn.pytorch.fetch import FetchOptions, fetch
+
+    try:
+        fetch(url, target, options=FetchOptions(deadline=deadline, attempts=1, progress=False, min_rate=0))
+        ready.put(("ok", os.path.getsize(target)))
+    except BaseException as error:  # reported to the parent test
+        ready.put(("error", str(error)))

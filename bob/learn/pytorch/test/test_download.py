@@ -1,4 +1,6 @@
-"""Downloading model files: faults of a local server, validation, locking, no leftovers."""
+"""Downloading a network's weight file: the check of the weights, the size cap, and errors naming the settings.
+
+The generic guarantees of the fetcher (bounds, retries, locks, leftovers) are tested in test_fetch.py."""
 import errno
 import hashlib
 import io
@@ -8,14 +10,17 @@ import os
 import pickle
 from pathlib import Path
 
+import filelock
 import pytest
 import torch
 
 from bob.learn.pytorch import ModelDownloadError
-from bob.learn.pytorch.download import DownloadOptions, _Progress, download_model, expected_parameter_names, file_lock
+from bob.learn.pytorch import download
+from bob.learn.pytorch.download import DownloadOptions, download_model, expected_parameter_names
+from bob.learn.pytorch.fetch import lock_path
 from bob.learn.pytorch import pretrained
 
-from .model_server import ModelServer, Payload, construct_extractor, sha256_of
+from .model_server import Payload, construct_extractor, sha256_of
 
 pytestmark = pytest.mark.network
 
@@ -67,84 +72,21 @@ def test_numpy_scalar_checkpoint_downloads(server, folder, payloads):
     assert listing(folder) == ["rn34.pth.tar"]
 
 
-def test_existing_target_is_not_downloaded_again(server, folder):
-    target = folder / "drn34.pth.tar"
-    target.write_bytes(b"already here")
-    download_model(DRN, str(target), server.url("drn34.pth.tar"), options=FAST)
-    assert target.read_bytes() == b"already here"
-    assert server.requests == []
-
-
-def test_leftovers_of_a_killed_download_are_removed(server, folder, payloads):
-    stale = folder / ".drn34.pth.tar.k1ll3d.partial"
-    stale.write_bytes(b"half a file")
-    other = folder / ".rn34.pth.tar.k1ll3d.partial"
-    other.write_bytes(b"another model's download")
-    download_model(DRN, str(folder / "drn34.pth.tar"), server.url("drn34.pth.tar"), options=FAST)
-    assert listing(folder) == [other.name, "drn34.pth.tar"]
-
-
-def test_missing_folder_is_created(server, tmp_path, payloads):
-    target = tmp_path / "new" / "sub" / "drn34.pth.tar"
-    download_model(DRN, str(target), server.url("drn34.pth.tar"), options=FAST)
-    assert target.read_bytes() == payloads["drn34.pth.tar"]
-
-
-def test_body_without_content_length(server, folder, payloads):
-    server.then("no_length")
-    target = folder / "drn34.pth.tar"
-    download_model(DRN, str(target), server.url("drn34.pth.tar"), options=FAST)
-    assert target.read_bytes() == payloads["drn34.pth.tar"]
-    assert server.requests == [("drn34.pth.tar", "no_length")]
-
-
-def test_correct_sha256_is_accepted(server, folder, payloads):
-    digest = hashlib.sha256(payloads["drn34.pth.tar"]).hexdigest()
-    download_model(DRN, str(folder / "drn34.pth.tar"), server.url("drn34.pth.tar"), sha256=digest.upper(), options=FAST)
-    assert listing(folder) == ["drn34.pth.tar"]
-
-
 # -- faults ---------------------------------------------------------------------------------------
 
 
-def test_404_fails_at_once(server, folder):
+def test_a_failure_names_the_model_the_cause_and_the_setting(server, folder):
     message = fail(server, folder, "404")
-    assert "404" in message
+    assert message == (
+        f"could not download the DltResNet-34 model from {server.url('drn34.pth.tar')}: the server answered "
+        f"404 Not Found. To use a copy obtained by other means, run: {SET_DRN}"
+    )
     assert server.requests == [("drn34.pth.tar", "404")]
-
-
-def test_500_then_success_retries(server, folder, payloads):
-    server.then("500")
-    target = folder / "drn34.pth.tar"
-    download_model(DRN, str(target), server.url("drn34.pth.tar"), options=FAST)
-    assert target.read_bytes() == payloads["drn34.pth.tar"]
-    assert [mode for _, mode in server.requests] == ["500", "ok"]
-    assert listing(folder) == ["drn34.pth.tar"]
-
-
-def test_500_every_time_gives_up_after_the_attempts(server, folder):
-    message = fail(server, folder, "500", "500", "500")
-    assert "500" in message and "gave up after 3 attempts" in message
-    assert len(server.requests) == 3
-
-
-def test_body_cut_short_is_retried_then_refused(server, folder):
-    message = fail(server, folder, "truncated", "truncated", "truncated")
-    assert "the body was cut short of the " in message and " bytes announced by Content-Length" in message
-    assert [mode for _, mode in server.requests] == ["truncated"] * 3
-
-
-def test_body_cut_short_once_then_complete(server, folder, payloads):
-    server.then("truncated")
-    target = folder / "drn34.pth.tar"
-    download_model(DRN, str(target), server.url("drn34.pth.tar"), options=FAST)
-    assert target.read_bytes() == payloads["drn34.pth.tar"]
-    assert listing(folder) == ["drn34.pth.tar"]
 
 
 def test_html_page_is_refused_without_retry(server, folder):
     message = fail(server, folder, "html")
-    assert "web page (text/html)" in message
+    assert ": the server sent a web page (text/html) instead of a model file; check the address. " in message
     assert len(server.requests) == 1
 
 
@@ -152,26 +94,6 @@ def test_bytes_that_are_no_checkpoint_are_refused(server, folder):
     message = fail(server, folder, "garbage")
     assert "not a usable checkpoint" in message
     assert len(server.requests) == 1
-
-
-def test_server_too_slow_times_out(server, folder):
-    message = fail(server, folder, "slow", "slow", options=DownloadOptions(read_timeout=0.3, attempts=2, backoff=0, progress=False))
-    assert "timed out" in message.lower()
-    assert "gave up after 2 attempts" in message
-
-
-def test_nothing_listening_is_a_connection_error(folder):
-    with ModelServer({}) as stopped:
-        url = stopped.url("drn34.pth.tar")
-    with pytest.raises(ModelDownloadError, match="ConnectionError") as caught:
-        download_model(DRN, str(folder / "drn34.pth.tar"), url, options=FAST)
-    assert SET_DRN in str(caught.value)
-    assert listing(folder) == []
-
-
-def test_wrong_sha256_is_refused(server, folder):
-    message = fail(server, folder, sha256="0" * 64)
-    assert f"sha256 mismatch: expected {'0' * 64}, got " in message
 
 
 def test_checkpoint_of_the_other_network_is_refused(server, folder):
@@ -233,21 +155,6 @@ def test_read_only_folder_says_to_set_the_model_path(server, folder):
 # -- concurrency ----------------------------------------------------------------------------------
 
 
-def test_lock_file_is_exclusive_and_removed(tmp_path):
-    lock = tmp_path / "x.lock"
-    with file_lock(str(lock)):
-        assert lock.exists()
-        fd = os.open(lock, os.O_RDWR)
-        try:
-            import fcntl
-
-            with pytest.raises(BlockingIOError):
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        finally:
-            os.close(fd)
-    assert not lock.exists()
-
-
 def test_processes_constructing_extractors_download_once(server, tmp_path, monkeypatch, payloads):
     """Several processes (spawned, like dask workers) build the extractor at once: one download, no partial file."""
     data_dir = tmp_path / "data"
@@ -297,44 +204,6 @@ def test_expected_parameter_names_are_those_of_the_networks():
     assert not any(name.startswith("module.") for name in drn | rn)
 
 
-class FakeTerminal(io.StringIO):
-    def isatty(self):
-        return True
-
-
-def test_progress_bar_on_a_terminal():
-    stream = FakeTerminal()
-    progress = _Progress("downloading x", 200, None, stream)
-    progress.update(50)
-    progress.update(200)
-    progress.close()
-    assert stream.getvalue() == (
-        "\rdownloading x [#######.......................]  25% (0.0 of 0.0 MB)"
-        "\rdownloading x [##############################] 100% (0.0 of 0.0 MB)\n"
-    )
-
-
-def test_progress_goes_to_the_log_elsewhere(caplog):
-    stream = io.StringIO()
-    progress = _Progress("downloading x", 100_000_000, None, stream)
-    with caplog.at_level(logging.INFO, logger="bob.learn.pytorch.download"):
-        for done in range(0, 100_000_001, 5_000_000):
-            progress.update(done)
-    progress.close()
-    assert stream.getvalue() == ""
-    assert [record.getMessage() for record in caplog.records] == [
-        f"downloading x: {percent:3d}% ({percent:.1f} of 100.0 MB)" for percent in range(10, 101, 10)
-    ]
-
-
-@pytest.mark.parametrize(
-    "kwargs", [{"read_timeout": 0}, {"connect_timeout": -1}, {"attempts": 0}, {"backoff": -1}, {"chunk_size": 0}]
-)
-def test_download_options_are_checked(kwargs):
-    with pytest.raises(ValueError):
-        DownloadOptions(**kwargs)
-
-
 # -- bounds: deadline, minimum rate, size cap (issue 19, group 1) --------------------------------
 
 DEADLINE_HINT = "bob config set bob.learn.pytorch.extractor.audio.download_deadline SECONDS"
@@ -355,66 +224,11 @@ def test_a_server_sending_a_byte_at_a_time_meets_the_deadline(server, folder):
     assert server.requests == [("drn34.pth.tar", "drip")]  # a deadline is not retried
 
 
-def test_a_server_dripping_its_headers_meets_the_deadline(server, folder):
-    """The headers come a byte at a time, each within the read timeout: the deadline ends the wait all the same."""
-    message = fail(server, folder, "drip_headers", options=bounded(deadline=0.5, min_rate=0, attempts=1))
-    assert "did not finish within its deadline of 0.5 s" in message
-    assert server.requests == [("drn34.pth.tar", "drip_headers")]
-
-
-def test_a_body_without_length_cut_by_the_deadline_is_not_taken_as_complete(server, folder):
-    """The server stalls within the read timeout; the watchdog's shutdown looks like the end of the body."""
-    message = fail(server, folder, "stall_no_length", options=bounded(deadline=0.5, read_timeout=5.0, attempts=1))
-    assert "did not finish within its deadline of 0.5 s (1000 bytes received)" in message
-    assert "not a usable checkpoint" not in message
-
-
-def test_the_deadline_covers_the_retries_and_their_waits(server, folder):
-    """Server errors retried after waits of 0.4 s, 0.8 s, ...: the deadline of 0.5 s ends it, not the attempts."""
-    message = fail(server, folder, *["500"] * 5, options=bounded(deadline=0.5, attempts=5, backoff=0.4))
-    assert "did not finish within its deadline of 0.5 s" in message
-    assert "gave up" not in message
-    assert 1 <= len(server.requests) < 5
-
-
 def test_a_server_below_the_minimum_rate_is_left(server, folder):
     message = fail(server, folder, "drip", options=bounded(deadline=60, min_rate=1e9, rate_window=0.2))
     assert "below the minimum of 1e+06 kB/s" in message
     assert RATE_HINT in message
     assert len(server.requests) == 1
-
-
-def test_an_endless_body_stops_at_the_size_cap(server, folder):
-    message = fail(server, folder, "endless", options=bounded(max_bytes=1 << 20))
-    assert f"the server sent more than {1 << 20} bytes" in message
-    assert len(server.requests) == 1
-
-
-def test_a_compressed_bomb_is_expanded_only_up_to_the_cap(server, folder, monkeypatch):
-    """64 MiB of zeros in 64 kB of gzip: never more than a chunk expanded in memory, nor the cap on disk."""
-    from bob.learn.pytorch import download
-
-    sizes = []
-    pieces = download._Expander.pieces
-
-    def recording(self, data):
-        for piece in pieces(self, data):
-            sizes.append(len(piece))
-            yield piece
-
-    monkeypatch.setattr(download._Expander, "pieces", recording)
-    message = fail(server, folder, "gzip_bomb", options=bounded(max_bytes=1 << 20, chunk_size=1 << 16))
-    assert f"the server sent more than {1 << 20} bytes" in message
-    assert max(sizes) <= 1 << 16 and sum(sizes) <= (1 << 20) + (1 << 16)
-
-
-def test_a_compressed_model_is_expanded_and_checked(server, folder, payloads):
-    """A server that compresses although asked for identity: the expanded bytes are what is written and hashed."""
-    server.then("gzip")
-    digest = hashlib.sha256(payloads["drn34.pth.tar"]).hexdigest()
-    target = folder / "drn34.pth.tar"
-    download_model(DRN, str(target), server.url("drn34.pth.tar"), sha256=digest, options=FAST)
-    assert target.read_bytes() == payloads["drn34.pth.tar"]
 
 
 def test_an_announced_size_beyond_the_cap_is_refused_before_reading(server, folder):
@@ -434,29 +248,6 @@ def test_the_default_cap_is_a_generous_multiple_of_the_weights(payloads):
         assert 3 * len(payloads[name]) < download_cap(record) < 5 * len(payloads[name])
 
 
-def test_the_default_options_bound_every_download():
-    options = DownloadOptions()
-    assert (options.deadline, options.min_rate, options.rate_window, options.max_bytes) == (3600.0, 20_000.0, 60.0, None)
-
-
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"read_timeout": float("inf")},
-        {"connect_timeout": 1e300},
-        {"deadline": float("nan")},
-        {"deadline": 0},
-        {"rate_window": -1},
-        {"min_rate": -1},
-        {"min_rate": float("inf")},
-        {"max_bytes": 0},
-    ],
-)
-def test_durations_that_would_break_the_socket_layer_are_refused(kwargs):
-    with pytest.raises(ValueError, match=f"download {next(iter(kwargs))} must be"):
-        DownloadOptions(**kwargs)
-
-
 def test_credentials_in_the_address_never_appear_in_messages_or_logs(server, folder, caplog):
     url = server.url("drn34.pth.tar").replace("http://", "http://alice:s3cr%40t@")
     server.then("500", "404")
@@ -470,6 +261,29 @@ def test_credentials_in_the_address_never_appear_in_messages_or_logs(server, fol
     assert "http://***@127.0.0.1" in logged
     for text in (message, logged):
         assert "alice" not in text and "s3cr" not in text
+
+
+def test_a_waiter_past_its_deadline_is_told_which_setting_to_raise(server, folder):
+    """Another process holds the download's lock all the time: the waiter gives up at its own deadline."""
+    target = folder / "drn34.pth.tar"
+    holder = filelock.FileLock(lock_path(str(target)), thread_local=False)
+    with holder:
+        with pytest.raises(ModelDownloadError) as caught:
+            download_model(DRN, str(target), server.url("drn34.pth.tar"), options=bounded(deadline=0.5))
+    assert str(caught.value) == (
+        f"could not download the DltResNet-34 model from {server.url('drn34.pth.tar')}: the download did not "
+        f"finish within its deadline of 0.5 s: another process downloading the same file held {target}.lock all "
+        f"that time (a stopped or hung process holds it until it ends); allow more time with '{DEADLINE_HINT}'. "
+        f"To use a copy obtained by other means, run: {SET_DRN}"
+    )
+    assert server.requests == []
+
+
+def test_a_temporary_file_removed_by_another_program_is_a_download_error(server, folder, monkeypatch):
+    """What another program does to the temporary file never surfaces as a bare FileNotFoundError."""
+    monkeypatch.setattr(download, "_check_weights", lambda record, trust, path: os.unlink(path))
+    message = fail(server, folder)
+    assert "was removed by another program before it could be renamed into place; nothing was written" in message
 
 
 def test_credentials_in_a_malformed_address_are_not_quoted(folder):
