@@ -3,9 +3,12 @@
 Each case returns what the row's outcome names: nothing (it raises), a text
 describing what was kept ("accepted"), or ``(exit status, standard error)``.
 """
+import multiprocessing
 import os
 import shutil
+import signal
 import stat
+import time
 from pathlib import Path
 
 import numpy
@@ -20,6 +23,7 @@ from bob.learn.pytorch.script import extract
 from bob.learn.pytorch.script.pytorch import pytorch
 
 from .conftest import SPEECH
+from .model_server import ModelServer, fetch_in_process
 
 DRN = pretrained.get("dltresnet34")
 WAV = SPEECH / "flite_kal_u1.wav"
@@ -59,6 +63,48 @@ def _deadline_through_settings(home, server, folder):
     _settings(home, download_deadline=0.5, download_min_rate=0)
     server.then("drip")
     return download_model(DRN, str(folder / "drn34.pth.tar"), server.url("drn34.pth.tar"), options=download_options())
+
+
+def _through_a_dripping_proxy(server, folder, monkeypatch):
+    with ModelServer(server.files) as proxy:
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("http_proxy", proxy.url(""))
+        proxy.then("drip")
+        return download_model(DRN, str(folder / "drn34.pth.tar"), server.url("drn34.pth.tar"), options=_options(deadline=1))
+
+
+def _waiting_for_a_stopped_download(server, folder):
+    """A process holds the lock of the same file, downloading from a dripping server, and is stopped."""
+    target, spawn = folder / "drn34.pth.tar", multiprocessing.get_context("spawn")
+    server.then("drip")
+    report = spawn.Queue()
+    holder = spawn.Process(target=fetch_in_process, args=(server.url("drn34.pth.tar"), str(target), 60.0, report))
+    holder.start()
+    try:
+        while not server.requests and holder.is_alive():
+            time.sleep(0.05)
+        assert holder.is_alive(), report.get(timeout=10)
+        os.kill(holder.pid, signal.SIGSTOP)
+        return download_model(DRN, str(target), server.url("drn34.pth.tar"), options=_options(deadline=1))
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.join(timeout=30)
+
+
+def _other_target_kept(server, folder):
+    """The live download of ``drn34.pth.tar.v2`` (by the parent process) has its temporary file beside."""
+    other = temporary_name(folder / "drn34.pth.tar.v2")
+    other = other.with_name(other.name.replace(f".{os.getpid()}.", f".{os.getppid()}."))
+    other.write_bytes(b"half")
+    download_model(DRN, str(folder / "drn34.pth.tar"), server.url("drn34.pth.tar"), options=_options())
+    return "the other download's temporary file kept" if other.exists() else "removed"
+
+
+def _longest_name(folder):
+    target = folder / ("e" * 252 + ".h5")
+    write_embedding(numpy.zeros((1, 128)), target)
+    return "written, nothing else left" if [path.name for path in folder.iterdir()] == [target.name] else "left"
 
 
 def _credentials(server, folder):
@@ -168,6 +214,10 @@ def cases(tmp_path: Path, drn_file: Path, home: Path, server, monkeypatch) -> di
     return {
         "download from a server sending one byte": lambda: _deadline_through_settings(home, server, folder),
         "download from a server sending its headers": lambda: _download(server, folder, "drip_headers", deadline=0.5),
+        "download through an HTTP proxy": lambda: _through_a_dripping_proxy(server, folder, monkeypatch),
+        "download waiting for another process": lambda: _waiting_for_a_stopped_download(server, folder),
+        "download of ``drn34.pth.tar`` while": lambda: _other_target_kept(server, folder),
+        "output name of 255 bytes": lambda: _longest_name(folder),
         "download slower than": lambda: _download(server, folder, "drip", min_rate=1e9, rate_window=0.2),
         "download with a body without end": lambda: _download(server, folder, "endless", max_bytes=1 << 20),
         "compressed body that expands": lambda: _download(server, folder, "gzip_bomb", max_bytes=1 << 20),

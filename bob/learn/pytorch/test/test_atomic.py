@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from bob.learn.pytorch import atomic
-from bob.learn.pytorch.atomic import make_folders, remove_empty_folders, replacing, temporary_name
+from bob.learn.pytorch.atomic import companion_name, make_folders, remove_empty_folders, replacing, temporary_name
 
 from .conftest import file_behind_link
 
@@ -131,6 +131,70 @@ def test_temporary_files_of_a_killed_run_are_removed_by_the_next(work):
     assert sorted(path.name for path in work.iterdir()) == sorted(
         ["out.h5", running.name, other_host.name, other_target.name]
     )
+
+
+def _dead_pid():
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    return int(finished.stdout)
+
+
+def _left_by(target, pid):
+    made = temporary_name(target)
+    made = made.with_name(made.name.replace(f".{os.getpid()}.", f".{pid}."))
+    made.write_text("half")
+    return made
+
+
+@pytest.mark.parametrize("suffix", [".v2", ".h5", "~", ".1.2.3"])
+def test_a_target_named_like_another_plus_a_suffix_never_loses_its_temporary(work, suffix):
+    """Writing ``out.h5`` removes dead temporaries of ``out.h5`` only, never those of ``out.h5.v2`` (issue 26, class 4)."""
+    dead = _dead_pid()
+    other = work / f"out.h5{suffix}"
+    kept = [_left_by(other, dead), _left_by(other, os.getppid())]
+    _left_by(work / "out.h5", dead)
+    write(work / "out.h5", "x")
+    assert sorted(path.name for path in work.iterdir()) == sorted(["out.h5"] + [path.name for path in kept])
+
+
+@pytest.mark.parametrize("length", [138, 200, 255])
+def test_names_up_to_255_bytes_are_written_through_temporaries_that_fit(work, length):
+    target = work / ("é" * (length // 2) + "x" * (length % 2))
+    assert len(os.fsencode(target.name)) == length
+    temporary = temporary_name(target)
+    assert len(os.fsencode(temporary.name)) <= 255
+    assert temporary.name.startswith("." + "é" * 60) and "~" in temporary.name
+    write(target, "long")
+    assert [path.name for path in work.iterdir()] == [target.name] and target.read_text() == "long"
+
+
+def test_long_names_keep_temporaries_of_one_target_apart(work):
+    """Two names of 255 bytes that differ only at the end: each removes only its own dead temporaries."""
+    first, second = work / ("a" * 254 + "1"), work / ("a" * 254 + "2")
+    assert companion_name(first, ".lock").name != companion_name(second, ".lock").name
+    assert len(os.fsencode(companion_name(first, ".lock").name)) == 255
+    kept = _left_by(second, _dead_pid())
+    _left_by(first, _dead_pid())
+    write(first, "x")
+    assert sorted(path.name for path in work.iterdir()) == sorted([first.name, kept.name])
+
+
+def test_a_name_longer_than_the_file_system_accepts_is_refused_before_writing(work):
+    target = work / "new" / ("x" * 256)
+    with pytest.raises(OSError, match=r"cannot write notes to .*: its name is 256 bytes long, longer than the 255 bytes"):
+        write(target, "x")
+    assert list(work.iterdir()) == []
+
+
+def test_a_temporary_removed_by_another_program_is_named(work):
+    with pytest.raises(FileNotFoundError) as caught:
+        with replacing(work / "out.h5", what="notes") as temporary:
+            temporary.write_text("x")
+            temporary.unlink()
+    assert caught.value.strerror == (
+        f"cannot write notes to {work / 'out.h5'}: its temporary file {temporary.name} was removed by another program "
+        "before it could be renamed into place; nothing was written, try again"
+    )
+    assert list(work.iterdir()) == []
 
 
 def test_a_failed_write_removes_the_folders_it_made_and_only_those(work):
