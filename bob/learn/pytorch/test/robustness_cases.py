@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from bob.learn.pytorch.atomic import temporary_name
 from bob.learn.pytorch.download import DownloadOptions, download_model
 from bob.learn.pytorch.io import write_embedding
-from bob.learn.pytorch.model_files import download_options, ensure_model_file, resolve_model_url, resolve_sha256
+from bob.learn.pytorch.weights import download_options, ensure_model_file, resolve_model_url, resolve_sha256
 from bob.learn.pytorch import pretrained
 from bob.learn.pytorch.script import extract
 from bob.learn.pytorch.script.pytorch import pytorch

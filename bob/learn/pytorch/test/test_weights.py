@@ -18,7 +18,7 @@ from bob.learn.pytorch import ModelDownloadError, UnsafeCheckpointError
 from bob.learn.pytorch.checkpoint import clean_state_dict, read_checkpoint
 from bob.learn.pytorch.download import DownloadOptions
 from bob.learn.pytorch.errors import SettingsError
-from bob.learn.pytorch.model_files import (
+from bob.learn.pytorch.weights import (
     DOWNLOAD_TIMEOUT_KEY,
     ModelLocation,
     ModelUrl,
