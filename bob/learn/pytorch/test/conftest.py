@@ -1,4 +1,12 @@
-"""Shared fixtures: golden data (``data/``), reference checkpoints, isolated user settings; a file behind a link."""
+"""Shared fixtures: golden data (``data/``), reference checkpoints, isolated user settings; a file behind a link.
+
+Also the helpers that write user settings: as bob 12's and bob.extension's
+``bob config set`` do (their real commands), or by hand.
+"""
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Tuple
 
@@ -124,3 +132,49 @@ def isolated_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
     monkeypatch.setenv("BOBRC", str(home / ".bobrc"))
     return home
+
+
+BOB12 = Path(sys.executable).parent / "bob"
+
+
+def bob12_config_set(key: str, value: str) -> None:
+    """Run bob 12's real ``bob config set`` with the test's HOME / XDG_CONFIG_HOME."""
+    if not BOB12.is_file():
+        pytest.fail(f"bob 12's command {BOB12} is missing; install bob>=12")
+    subprocess.run([str(BOB12), "config", "set", key, value], env=dict(os.environ), check=True, capture_output=True, timeout=300)
+
+
+def bob_extension_config_set(key: str, value: str) -> None:
+    """Run bob.extension's real ``bob config set`` (its console script is shadowed by bob 12's)."""
+    code = "import sys; from bob.extension.scripts import main_cli; sys.argv[0] = 'bob'; main_cli()"
+    subprocess.run(
+        [sys.executable, "-c", code, "config", "set", key, value],
+        env=dict(os.environ),
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+
+
+def write_toml(home: Path, text: str) -> Path:
+    """bob 12's settings file ``home/.config/bobrc.toml`` holding ``text``."""
+    path = home / ".config" / "bobrc.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def write_json(path: Path, settings: dict) -> Path:
+    """bob.extension's JSON settings file ``path`` holding ``settings``."""
+    path.write_text(json.dumps(settings, indent=4))
+    return path
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    """The package data folder, moved to a temporary folder."""
+    from bob.learn.pytorch import pretrained
+
+    path = tmp_path / "package-data"
+    monkeypatch.setattr(pretrained, "DATA_DIR", str(path))
+    return path

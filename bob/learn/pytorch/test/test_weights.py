@@ -34,53 +34,12 @@ from bob.learn.pytorch import pretrained
 from bob.learn.pytorch.preprocessor.audio import DltResNetExtractor, ResNetExtractor
 from bob.learn.pytorch.settings import get_setting
 
+from .conftest import bob12_config_set, write_json, write_toml
 from .model_server import Payload, sha256_of
 
 DRN = pretrained.get("dltresnet34")
 RN = pretrained.get("resnet34")
 FAST = DownloadOptions(connect_timeout=2.0, read_timeout=1.0, attempts=2, backoff=0.01, progress=False)
-BOB12 = Path(sys.executable).parent / "bob"
-
-
-def bob12_config_set(key: str, value: str) -> None:
-    """Run bob 12's real ``bob config set`` with the test's HOME / XDG_CONFIG_HOME."""
-    if not BOB12.is_file():
-        pytest.fail(f"bob 12's command {BOB12} is missing; install bob>=12")
-    subprocess.run([str(BOB12), "config", "set", key, value], env=dict(os.environ), check=True, capture_output=True, timeout=300)
-
-
-def bob_extension_config_set(key: str, value: str) -> None:
-    """Run bob.extension's real ``bob config set`` (its console script is shadowed by bob 12's)."""
-    code = "import sys; from bob.extension.scripts import main_cli; sys.argv[0] = 'bob'; main_cli()"
-    subprocess.run(
-        [sys.executable, "-c", code, "config", "set", key, value],
-        env=dict(os.environ),
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-
-
-@pytest.fixture
-def data_dir(tmp_path, monkeypatch):
-    """The package data folder, moved to a temporary folder."""
-    path = tmp_path / "package-data"
-    monkeypatch.setattr(pretrained, "DATA_DIR", str(path))
-    return path
-
-
-def write_toml(home: Path, text: str) -> Path:
-    path = home / ".config" / "bobrc.toml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
-
-
-def write_json(path: Path, settings: dict) -> Path:
-    path.write_text(json.dumps(settings, indent=4))
-    return path
-
-
 # -- resolution order -----------------------------------------------------------------------------
 
 
@@ -95,61 +54,6 @@ def test_defaults_are_the_package_folder_and_the_idiap_urls(data_dir):
     assert resolve_model_url(RN).url.endswith("/models_emb128_2drp_aug_relu__voxceleb___rn34-best.cls.pth.tar")
 
 
-def test_bob12_config_set_is_honoured_and_never_rewritten(isolated_settings, tmp_path, data_dir):
-    model = tmp_path / "my models" / "drn.pth.tar"
-    bob12_config_set(DRN.path_key, str(model))
-    toml = isolated_settings / ".config" / "bobrc.toml"
-    before = toml.read_bytes()
-    assert b"[bob.learn.pytorch.extractor.audio]" in before  # bob 12 nests the dotted key in tables
-    assert resolve_model_file(DRN) == ModelLocation(str(model), f"setting {DRN.path_key} in {toml}")
-    assert resolve_model_file(RN).source == "package data folder"
-    assert resolve_model_file(DRN, "/explicit.pth") == ModelLocation("/explicit.pth", "argument")
-    assert toml.read_bytes() == before
-    assert not (isolated_settings / ".bobrc").exists()
-
-
-def test_bob12_respects_xdg_config_home(monkeypatch, tmp_path):
-    config_home = tmp_path / "xdg"
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(config_home))
-    bob12_config_set(RN.url_key, "http://mirror.example/rn34.pth.tar")
-    assert resolve_model_url(RN) == ModelUrl(
-        "http://mirror.example/rn34.pth.tar", f"setting {RN.url_key} in {config_home / 'bobrc.toml'}"
-    )
-    assert resolve_model_url(DRN).source == "package default (Idiap)"
-
-
-def test_bob_extension_config_set_is_honoured_and_never_rewritten(isolated_settings, tmp_path):
-    model = tmp_path / "legacy" / "rn.pth.tar"
-    bob_extension_config_set(RN.path_key, str(model))
-    legacy = isolated_settings / ".bobrc"
-    before = legacy.read_bytes()
-    assert json.loads(before) == {RN.path_key: str(model)}
-    assert resolve_model_file(RN) == ModelLocation(str(model), f"setting {RN.path_key} in {legacy}")
-    assert legacy.read_bytes() == before
-    assert not (isolated_settings / ".config" / "bobrc.toml").exists()
-
-
-def test_legacy_home_bobrc_without_the_bobrc_variable(isolated_settings, monkeypatch):
-    monkeypatch.delenv("BOBRC")
-    legacy = write_json(isolated_settings / ".bobrc", {DRN.url_key: "http://old.example/drn"})
-    assert resolve_model_url(DRN) == ModelUrl("http://old.example/drn", f"setting {DRN.url_key} in {legacy}")
-
-
-def test_bobrc_variable_points_to_another_json_file(monkeypatch, tmp_path):
-    legacy = write_json(tmp_path / "elsewhere.json", {DRN.path_key: "/srv/models/drn.pth.tar", "other": 1})
-    monkeypatch.setenv("BOBRC", str(legacy))
-    before = legacy.read_bytes()
-    assert resolve_model_file(DRN) == ModelLocation("/srv/models/drn.pth.tar", f"setting {DRN.path_key} in {legacy}")
-    assert legacy.read_bytes() == before
-
-
-def test_bob12_file_wins_over_the_legacy_file(isolated_settings):
-    toml = write_toml(isolated_settings, '[bob.learn.pytorch.extractor.audio]\ndrn_modelpath = "/new/drn.pth.tar"\n')
-    write_json(isolated_settings / ".bobrc", {DRN.path_key: "/old/drn.pth.tar", RN.path_key: "/old/rn.pth.tar"})
-    assert resolve_model_file(DRN) == ModelLocation("/new/drn.pth.tar", f"setting {DRN.path_key} in {toml}")
-    assert resolve_model_file(RN).path == "/old/rn.pth.tar"  # not in the TOML file: the legacy file answers
-
-
 def test_argument_wins_over_every_setting_and_is_made_absolute(isolated_settings, tmp_path, monkeypatch):
     write_toml(isolated_settings, '[bob.learn.pytorch.extractor.audio]\ndrn_modelpath = "/new/drn.pth.tar"\n')
     monkeypatch.chdir(tmp_path)
@@ -158,52 +62,15 @@ def test_argument_wins_over_every_setting_and_is_made_absolute(isolated_settings
     assert resolve_model_file(DRN, "~/x.pth.tar").path == str(isolated_settings / "x.pth.tar")  # HOME is isolated
 
 
-@pytest.mark.parametrize(
-    "text",
-    [
-        '"bob.learn.pytorch.extractor.audio.drn_modelpath" = "/x.pth"\n',
-        '[bob.learn]\n"pytorch.extractor.audio.drn_modelpath" = "/x.pth"\n',
-        "[bob.learn.pytorch.extractor]\naudio.drn_modelpath = '/x.pth'\n",
-    ],
-)
-def test_hand_written_toml_layouts(isolated_settings, text):
-    write_toml(isolated_settings, text)
-    assert resolve_model_file(DRN).path == "/x.pth"
-
-
 def test_home_in_a_setting_is_expanded(isolated_settings):
     write_toml(isolated_settings, '[bob.learn.pytorch.extractor.audio]\nrn_modelpath = "~/models/rn.pth.tar"\n')
     assert resolve_model_file(RN).path == str(isolated_settings / "models" / "rn.pth.tar")
-
-
-def test_legacy_file_already_converted_to_toml_is_still_read(isolated_settings):
-    (isolated_settings / ".bobrc").write_text('[bob.learn.pytorch.extractor.audio]\nrn_url = "http://m/rn"\n')
-    assert resolve_model_url(RN).url == "http://m/rn"
-
-
-def test_json_null_counts_as_unset(isolated_settings, data_dir):
-    write_json(isolated_settings / ".bobrc", {DRN.path_key: None})
-    assert resolve_model_file(DRN).source == "package data folder"
-
-
-def test_broken_settings_file_is_named(isolated_settings):
-    toml = write_toml(isolated_settings, "[bob.learn\ndrn_modelpath = 3\n")
-    with pytest.raises(SettingsError, match=f"bob settings file {toml} is not valid"):
-        resolve_model_file(DRN)
 
 
 def test_a_path_setting_must_be_text(isolated_settings):
     write_toml(isolated_settings, "[bob.learn.pytorch.extractor.audio]\ndrn_modelpath = 3\n")
     with pytest.raises(SettingsError, match=f"setting {DRN.path_key} in .* must be a non-empty text, not 3"):
         resolve_model_file(DRN)
-
-
-def test_settings_are_looked_up_by_exact_key(isolated_settings):
-    write_toml(isolated_settings, '[bob.learn.pytorch.extractor.audio]\ndrn_modelpath = "/x"\n')
-    assert get_setting("bob.learn.pytorch.extractor.audio.drn_modelpath").value == "/x"
-    assert get_setting("bob.learn.pytorch.extractor.audio") is not None  # a table is a value too
-    assert get_setting("bob.learn.pytorch.extractor.audio.rn_modelpath") is None
-    assert get_setting("learn.pytorch.extractor.audio.drn_modelpath") is None
 
 
 def test_sha256_known_for_the_default_url_or_set_for_any(isolated_settings, monkeypatch):
