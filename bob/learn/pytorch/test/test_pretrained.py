@@ -15,6 +15,7 @@ from bob.learn.pytorch.architectures.utils import SpeakerEmbeddingNet
 from bob.learn.pytorch.pretrained import PretrainedNetwork
 from bob.learn.pytorch.preprocessor.audio import EmbeddingExtractor
 
+from .conftest import SPEECH as SPEECH_DIR
 from .helpers_audio import ATOL, long_signal, speech, whole_spectrogram
 
 # -- lookups -----------------------------------------------------------------------------------------
@@ -217,3 +218,150 @@ def test_the_toy_network_runs_from_the_command_line(toy, tmp_path):
     numpy.testing.assert_allclose(stored, EmbeddingExtractor("toy", weights)(speech("flite_kal_u1")), atol=ATOL, rtol=0)
     info = CliRunner().invoke(pytorch, ["info"])
     assert "Toy CNN (--network toy)" in info.output and "tests.toy.modelpath: not set" in info.output
+
+
+# -- every record checked once, when registered ------------------------------------------------------------
+
+
+def toy_record(**changes):
+    """The toy network's record, unregistered, with ``changes``."""
+    import dataclasses
+
+    record = PretrainedNetwork(
+        name="toy2", title="Toy CNN 2", architecture=toy_network, filename="toy2.pth", url="http://127.0.0.1/toy2.pth",
+        path_key="tests.toy2.modelpath", url_key="tests.toy2.url", sha256_key="tests.toy2.sha256", time_stride=4,
+        receptive_field=3, min_frames=5, embedding_dim=16, num_classes=5,
+    )
+    return dataclasses.replace(record, **changes)
+
+
+@pytest.mark.parametrize(
+    "changes, error, message",
+    [
+        (dict(name=3), TypeError, "network record: name must be a non-empty text without spaces, commas or '|', not 3"),
+        (dict(name=""), TypeError, "network record: name must be a non-empty text"),
+        (dict(name="my net"), TypeError, "name must be a non-empty text without spaces"),
+        (dict(aliases="t2"), TypeError, "network record 'toy2': aliases must be a tuple of names, not the text 't2' "
+                                        "(each character would become an alias); write aliases=('t2',)"),
+        (dict(aliases=("t2", 5)), TypeError, "network record 'toy2': aliases must be a tuple of non-empty names, not ('t2', 5)"),
+        (dict(time_stride=0), ValueError, "network record 'toy2': time_stride must be a whole number >= 1, not 0"),
+        (dict(time_stride=4.0), TypeError, "network record 'toy2': time_stride must be a whole number >= 1, not 4.0"),
+        (dict(min_frames=True), TypeError, "min_frames must be a whole number >= 1, not True"),
+        (dict(receptive_field=-1), ValueError, "receptive_field must be a whole number >= 0, not -1"),
+        (dict(filename="../toy2.pth"), ValueError, "filename must be a bare file name (it is stored in DATA_DIR), not '../toy2.pth'"),
+        (dict(url="ftp://host/toy2.pth"), ValueError, "url must be an http:// or https:// address, not 'ftp://host/toy2.pth'"),
+        (dict(sha256="ABC"), ValueError, "sha256 must be None or 64 lower-case hexadecimal digits, not 'ABC'"),
+        (dict(path_key=""), TypeError, "path_key must be a non-empty text, not ''"),
+        (dict(min_frames=4), ValueError, "network record 'toy2': min_frames=4 gives 1 output step(s), but the pooled "
+                                         "standard deviation needs two (otherwise every embedding of such a recording "
+                                         "is NaN); set min_frames=5"),
+        (dict(receptive_field=2), ValueError, "network record 'toy2': receptive_field=2 is too small: an output step "
+                                              "changes with input frames up to 3 frames beyond its own, so long "
+                                              "recordings (embedded block by block) would get other embeddings than "
+                                              "in one pass; set receptive_field=3"),
+    ],
+    ids=lambda value: str(value)[:30],
+)
+def test_register_refuses_a_bad_record_naming_the_field_and_the_fix(changes, error, message):
+    with pytest.raises(error) as caught:
+        pretrained.register(toy_record(**changes))
+    assert message in str(caught.value)
+    assert "toy2" not in pretrained.names() and "t" not in pretrained.names()
+
+
+def test_a_good_record_registers_and_its_aliases_may_be_a_list():
+    record = pretrained.register(toy_record(aliases=["t2", "toy-two"], receptive_field=5))  # a wider reach is safe
+    try:
+        assert record.aliases == ("t2", "toy-two") and pretrained.get("toy-two") is record
+    finally:
+        pretrained.unregister("toy2")
+
+
+def test_measured_reach_is_what_perturbing_frames_finds():
+    record = toy_record()
+    torch.manual_seed(0)
+    reach, _ = reach_of(record.build().eval(), record, frames=200, base=100)
+    assert pretrained.measured_reach(record) == reach == 3
+    assert pretrained.measured_reach(toy_record(receptive_field=0)) == 3  # a probe sized for 0 still shows 3
+
+
+def test_parameter_shapes_are_derived_once_per_record():
+    record = toy_record()
+    shapes = pretrained.parameter_shapes(record)
+    assert shapes == {key: tuple(value.shape) for key, value in toy_network().state_dict().items()}
+    assert list(shapes)[:2] == ["conv1.weight", "conv1.bias"] and shapes["em.weight"] == (16, 24)
+    before = pretrained._meta_network.cache_info().misses
+    pretrained.parameter_shapes(record), record.output_steps(300)
+    assert pretrained._meta_network.cache_info().misses == before  # one meta network per record, shared
+
+
+# -- an extractor on an unregistered record that shares a registered name ---------------------------
+
+
+def impostor_record():
+    """A record named ``resnet34`` (registered for the ResNet-34) that builds the toy network."""
+    return toy_record(name="resnet34", title="Impostor", aliases=())
+
+
+def test_a_transformer_ships_an_unregistered_record_whole(tmp_path):
+    """On a worker (a fresh interpreter), the extractor embeds with its own record, not the registered namesake."""
+    import pickle
+    import subprocess
+    import sys
+
+    from bob.learn.pytorch.transformers import AudioEmbeddingTransformer
+
+    torch.manual_seed(3)
+    weights = tmp_path / "impostor.pth"
+    torch.save({"state_dict": toy_network().state_dict()}, weights)
+    extractor = EmbeddingExtractor(impostor_record(), weights, backend="eager")
+    expected = extractor(speech("flite_kal_u1"))
+    transformer = AudioEmbeddingTransformer(extractor)
+    shipped = pickle.dumps(transformer)
+    assert pickle.loads(shipped).extractor.state["pretrained"] == impostor_record()
+    code = (
+        "import pickle, sys, numpy, scipy.io.wavfile\n"
+        "transformer = pickle.loads(sys.stdin.buffer.read())\n"
+        f"audio = scipy.io.wavfile.read({str(SPEECH_DIR / 'flite_kal_u1.wav')!r})\n"
+        "numpy.save(sys.argv[1], transformer.transform([audio])[0])\n"
+    )
+    out = tmp_path / "worker.npy"
+    done = subprocess.run([sys.executable, "-c", code, str(out)], input=shipped, capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr.decode()
+    worker = numpy.load(out)
+    assert worker.shape == (1, 16)
+    numpy.testing.assert_allclose(worker, expected, rtol=0, atol=ATOL)
+    registered = AudioEmbeddingTransformer(network="resnet34")  # the namesake by name travels by name
+    assert pickle.loads(pickle.dumps(registered)).network == "resnet34"
+
+
+def test_an_unregistered_record_that_cannot_travel_is_refused_loudly(tmp_path):
+    import pickle
+
+    from bob.learn.pytorch.transformers import AudioEmbeddingTransformer
+
+    weights = tmp_path / "impostor.pth"
+    torch.save({"state_dict": toy_network().state_dict()}, weights)
+    local = impostor_record().__class__(**{**impostor_record().__dict__, "architecture": lambda **kw: toy_network(**kw)})
+    transformer = AudioEmbeddingTransformer(EmbeddingExtractor(local, weights, backend="eager"))
+    with pytest.raises(TypeError) as caught:
+        pickle.dumps(transformer)
+    assert str(caught.value).startswith(
+        "the extractor's network record 'resnet34' is not the registered network of that name, so it must travel to "
+        "other processes whole, but it cannot be pickled ("
+    )
+    assert "Can't pickle local object" in str(caught.value)
+    assert str(caught.value).endswith(
+        "register it (pretrained.register, or a plug-in), or make its architecture a module-level function"
+    )
+
+
+def test_a_transformer_given_a_record_builds_with_that_record(tmp_path):
+    from bob.learn.pytorch.transformers import AudioEmbeddingTransformer
+
+    torch.manual_seed(4)
+    weights = tmp_path / "impostor.pth"
+    torch.save({"state_dict": toy_network().state_dict()}, weights)
+    (embedding,) = AudioEmbeddingTransformer(network=impostor_record(), model_file=weights).transform([speech("flite_kal_u1")])
+    expected = EmbeddingExtractor(impostor_record(), weights, backend="eager")(speech("flite_kal_u1"))
+    numpy.testing.assert_allclose(embedding, expected, rtol=0, atol=ATOL)
