@@ -1,7 +1,7 @@
 """The registry of networks: lookups, the geometry each record declares, and a third network added by one record.
 
-The toy network below is registered from this test module, outside the
-package's files, and run everywhere a released network runs: the extractor,
+The toy network (conftest.py) is registered from this test module, outside
+the package's files, and run everywhere a released network runs: the extractor,
 the batch API, a long recording (streamed), the transformer in a bob
 pipeline, the command line, and the download of a missing weight file.
 """
@@ -12,14 +12,13 @@ import sys
 import numpy
 import pytest
 import torch
-from torch import nn
 
 from bob.learn.pytorch import pretrained
-from bob.learn.pytorch.architectures.utils import SpeakerEmbeddingNet
 from bob.learn.pytorch.pretrained import PretrainedNetwork
 from bob.learn.pytorch.preprocessor.audio import EmbeddingExtractor
 
 from .conftest import SPEECH as SPEECH_DIR
+from .conftest import toy_network, toy_record
 from .helpers_audio import ATOL, long_signal, speech, whole_spectrogram
 
 # -- lookups -----------------------------------------------------------------------------------------
@@ -101,26 +100,6 @@ def test_front_end_sizes_derive_from_the_declared_settings():
 
 
 # -- a third network, added by one record ----------------------------------------------------------------
-
-
-class ToyNet(SpeakerEmbeddingNet):
-    """Two strided convolutions over the whole spectrum, then the shared pooling and embedding layer."""
-
-    def __init__(self, num_classes: int = 5, tp: str = "emb", bn_dim: int = 16) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 8, kernel_size=(3, 257), stride=(2, 1), padding=(1, 0))
-        self.conv2 = nn.Conv2d(8, 12, kernel_size=(3, 1), stride=(2, 1), padding=(1, 0))
-        self.relu = nn.ReLU()
-        self.em = nn.Linear(24, bn_dim)
-        self.fc = nn.Linear(24, num_classes)
-        self._set_net_type(tp)
-
-    def forward_frames(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.conv2(self.relu(self.conv1(x))))
-
-
-def toy_network(num_classes: int = 5, tp: str = "emb", bn_dim: int = 16) -> ToyNet:
-    return ToyNet(num_classes, tp, bn_dim)
 
 
 @pytest.fixture
@@ -225,18 +204,6 @@ def test_the_toy_network_runs_from_the_command_line(toy, tmp_path):
 
 
 # -- every record checked once, when registered ------------------------------------------------------------
-
-
-def toy_record(**changes):
-    """The toy network's record, unregistered, with ``changes``."""
-    import dataclasses
-
-    record = PretrainedNetwork(
-        name="toy2", title="Toy CNN 2", architecture=toy_network, filename="toy2.pth", url="http://127.0.0.1/toy2.pth",
-        path_key="tests.toy2.modelpath", url_key="tests.toy2.url", sha256_key="tests.toy2.sha256", time_stride=4,
-        receptive_field=3, min_frames=5, embedding_dim=16, num_classes=5,
-    )
-    return dataclasses.replace(record, **changes)
 
 
 @pytest.mark.parametrize(
@@ -377,7 +344,6 @@ PLUGIN_MODULE = '''"""A network plug-in for bob.learn.pytorch: the toy network a
 import torch
 from torch import nn
 
-from bob.learn.pytorch.architectures.utils import SpeakerEmbeddingNet
 from bob.learn.pytorch.pretrained import PretrainedNetwork
 
 
