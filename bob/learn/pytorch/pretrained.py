@@ -403,7 +403,8 @@ _LOCK = threading.RLock()
 _BROKEN_PLUGINS: Dict[str, str] = {}
 #: Plug-in records whose geometry is checked on their first lookup: network name -> plug-in label.
 _GEOMETRY_PENDING: Dict[str, str] = {}
-_plugins_read = False
+#: "unread", "reading" (by the thread holding the lock), then "read".
+_plugins_state = "unread"
 
 
 def _add(record: PretrainedNetwork, *, geometry: bool = True) -> PretrainedNetwork:
@@ -493,16 +494,23 @@ def records() -> List[PretrainedNetwork]:
 
 
 def _read_plugins() -> None:
-    """Register the networks of :data:`ENTRY_POINT_GROUP`, once per process, on the first lookup."""
-    global _plugins_read
-    if _plugins_read:
+    """Register the networks of :data:`ENTRY_POINT_GROUP`, once per process, on the first lookup.
+
+    Other threads wait until every plug-in is read; a plug-in module that looks
+    the registry up while it is imported (the same thread) sees it as it is.
+    """
+    global _plugins_state
+    if _plugins_state == "read":
         return
-    with _LOCK:
-        if _plugins_read:
+    with _LOCK:  # re-entrant: the thread reading the plug-ins comes back here through a plug-in's import
+        if _plugins_state != "unread":
             return
-        _plugins_read = True  # before loading: a plug-in module that looks the registry up does not recurse
-        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            _load_plugin(entry_point)
+        _plugins_state = "reading"
+        try:
+            for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+                _load_plugin(entry_point)
+        finally:
+            _plugins_state = "read"
 
 
 def _plugin_label(entry_point: importlib.metadata.EntryPoint) -> str:

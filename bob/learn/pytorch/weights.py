@@ -33,7 +33,7 @@ from .errors import SettingsError
 from .pretrained import PretrainedNetwork, records as registered_networks
 from .settings import SettingValue, get_setting, redact_url
 
-if TYPE_CHECKING:  # the download machinery (requests, urllib3) is imported only when a file is missing
+if TYPE_CHECKING:  # annotations only: the download machinery (requests, urllib3) is imported when a file is missing
     import torch
 
     from .download import DownloadOptions

@@ -418,8 +418,9 @@ def run_python(code: str, *args: str) -> subprocess.CompletedProcess:
 
 def test_a_plugin_network_is_known_to_a_new_process_and_a_broken_one_is_named(plugin_site):
     code = (
-        "import warnings\n"
+        "import sys\n"
         "from bob.learn.pytorch import pretrained\n"
+        "print('toyplug_pkg' in sys.modules)\n"  # importing the registry reads no plug-in
         "print(pretrained.names())\n"
         "print(pretrained.get('toyplug').title)\n"
         "for name in ('broken', 'toynarrow'):\n"
@@ -432,6 +433,7 @@ def test_a_plugin_network_is_known_to_a_new_process_and_a_broken_one_is_named(pl
     done = run_python(code)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
+    assert lines.pop(0) == "False"
     assert lines[0] == "['dltresnet34', 'resnet34', 'toyplug', 'toynarrow']"
     assert lines[1] == "Toy plug-in CNN"
     broken = (
