@@ -12,7 +12,7 @@ import re
 import socket
 import warnings
 from collections import OrderedDict
-from typing import Any, Dict, List, Mapping, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Tuple, Union
 
 import numpy
 import torch
@@ -203,9 +203,15 @@ def _listing(names: List[str], limit: int = 8) -> str:
 
 
 def load_state_dict_strictly(
-    network: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint", hint: str = ""
+    network: torch.nn.Module,
+    state: Mapping[str, torch.Tensor],
+    source: str = "checkpoint",
+    hint: Union[str, Callable[[], str]] = "",
 ) -> None:
     """Copy ``state`` into ``network``, refusing any missing, unexpected or misshapen key.
+
+    ``hint`` is a text, or a function returning one that is called only when
+    the state does not fit (a hint may be costly to work out).
 
     Raises
     ------
@@ -224,6 +230,7 @@ def load_state_dict_strictly(
             ("shape mismatches", misshapen),
         ]
         details = "; ".join(f"{label}: {_listing(names)}" for label, names in problems if names)
+        hint = hint() if callable(hint) else hint
         raise CheckpointError(
             f"{source} does not fit {type(network).__name__}: {details}.{(' ' + hint) if hint else ''}"
         )

@@ -12,6 +12,7 @@ file, and says which file the value came from. Both files are only ever read
 (``tomllib`` and ``json``), never rewritten: opening ``~/.bobrc`` through
 clapper would convert it to TOML in place and break bob.extension.
 """
+import errno
 import json
 import logging
 import os
@@ -106,35 +107,63 @@ def _parse_json_or_toml(text: str) -> Any:
             raise json_error from None
 
 
+#: What to do about a settings file that cannot be used, after the cause.
+_FIX = "fix or remove it, or change settings with 'bob config set KEY VALUE'"
+
+
+def _unreadable(path: Path, error: OSError) -> SettingsError:
+    """One line naming ``path``, why it cannot be read and what to do."""
+    if error.errno == errno.EISDIR or path.is_dir():
+        cause = "is a folder, not a file"
+    elif error.errno == errno.ELOOP:
+        cause = "is a symbolic link that never reaches a file (a loop of links)"
+    else:
+        cause = f"cannot be read ({error.strerror or error})"
+    return SettingsError(f"the bob settings file {path} {cause}; {_FIX}")
+
+
 def _read_settings(path: Path, parse: Callable[[str], Any]) -> Mapping[str, Any]:
-    """The settings held in ``path`` (empty when the file does not exist)."""
+    """The settings held in ``path`` (empty when the file does not exist).
+
+    Raises
+    ------
+    SettingsError
+        In one line naming the file, the cause and the fix, if the file is a
+        folder, a loop of links, unreadable, not UTF-8 text, not valid, or
+        holds no table.
+    """
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    except FileNotFoundError:  # also a link to a missing file: no settings at all
         return {}
+    except UnicodeDecodeError as error:
+        raise SettingsError(f"the bob settings file {path} is not UTF-8 text ({error.reason}); {_FIX}") from None
     except OSError as error:
-        raise SettingsError(f"cannot read the bob settings file {path}: {error}") from error
+        raise _unreadable(path, error) from None
     if not text.strip():
         return {}
     try:
         content = parse(text)
     except ValueError as error:
-        raise SettingsError(
-            f"the bob settings file {path} is not valid ({error}); fix or remove it, "
-            "or change settings with 'bob config set KEY VALUE'"
-        ) from error
+        reason = " ".join(str(error).split())
+        raise SettingsError(f"the bob settings file {path} is not valid ({reason}); {_FIX}") from None
     if not isinstance(content, Mapping):
-        raise SettingsError(f"the bob settings file {path} does not hold a table of settings")
+        raise SettingsError(f"the bob settings file {path} does not hold a table of settings; {_FIX}")
     return content
 
 
 def check_bob_config_file() -> None:
     """Raise :class:`SettingsError`, naming the file, if bob 12's settings file exists but cannot be parsed.
 
-    bob.pipelines reads that file when it is imported, and fails there with a
-    bare parser error that names no file.
+    bob.pipelines reads that file when it is imported (through clapper), and
+    fails there with a bare error that names no file, when the file exists
+    but is a folder or not valid TOML. A link that reaches no file (missing,
+    or a loop of links) does not exist for clapper, and is reported only
+    when a setting is looked up (:func:`get_setting`).
     """
-    _read_settings(bob_config_file(), _parse_toml)
+    path = bob_config_file()
+    if path.exists():
+        _read_settings(path, _parse_toml)
 
 
 def get_setting(key: str) -> Optional[SettingValue]:

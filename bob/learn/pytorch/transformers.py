@@ -11,7 +11,8 @@ the transformer to its workers) leaves the network behind.
 This module imports neither PyTorch nor the networks: dask's scheduler
 unpickles the transformer in every task graph, and needs neither. A given
 extractor travels as an :class:`ExtractorRecipe` (its settings, the network by
-its registry name); the extractor is made again in the process that embeds.
+its registry name, or as a whole record when it is not the registered one); the
+extractor is made again in the process that embeds.
 """
 import importlib
 import logging
@@ -62,7 +63,8 @@ class ExtractorRecipe:
         ``module:qualified name`` of the extractor's class.
     state : dict
         Its pickled state, with the network record replaced by its registry
-        name and the device by its text.
+        name (the record itself when it is not the registered one) and the
+        device by its text.
     """
 
     cls: str
@@ -71,7 +73,7 @@ class ExtractorRecipe:
     @classmethod
     def of(cls, extractor: Any) -> "ExtractorRecipe":
         state = extractor.__getstate__()
-        state["pretrained"] = extractor.pretrained.name
+        state["pretrained"] = _shipped_network(extractor.pretrained)
         state["device"] = str(extractor.device)
         kind = type(extractor)
         return cls(f"{kind.__module__}:{kind.__qualname__}", state)
@@ -92,6 +94,39 @@ class ExtractorRecipe:
         record, device = pretrained.get(self.state["pretrained"]), torch.device(self.state["device"])
         extractor.__setstate__(dict(self.state, pretrained=record, device=device))
         return extractor
+
+
+def _shipped_network(record: Any) -> Any:
+    """How a network record travels: its name when the registry gives that very record, else the record itself.
+
+    A record that is not registered (or that differs from the registered one
+    of its name) must not be replaced by the registered one in another
+    process; it travels whole, and must therefore pickle.
+
+    Raises
+    ------
+    TypeError
+        If such a record cannot be pickled (its architecture is a lambda or a
+        local function), naming the fix.
+    """
+    import pickle
+
+    from . import pretrained
+
+    try:
+        if pretrained.get(record.name) == record:
+            return record.name
+    except ValueError:  # not registered under its name
+        pass
+    try:
+        pickle.dumps(record)
+    except Exception as error:
+        raise TypeError(
+            f"the extractor's network record {record.name!r} is not the registered network of that name, so it must "
+            f"travel to other processes whole, but it cannot be pickled ({type(error).__name__}: {error}); register "
+            "it (pretrained.register, or a plug-in), or make its architecture a module-level function"
+        ) from None
+    return record
 
 
 class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
@@ -186,21 +221,22 @@ class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
             self._extractor = extractor
         return extractor
 
-    def _network_name(self) -> str:
+    def _network(self) -> Any:
+        """The record of the built extractor: a record given as ``network`` is used as it is, never by name."""
         from . import pretrained
 
         if self.use_res and self.network is not None and pretrained.get(self.network).name != "resnet34":
             raise ValueError(f"use_res=True conflicts with network={self.network!r}; pass only network")
-        return pretrained.get("resnet34" if self.use_res else self.network or "dltresnet34").name
+        return pretrained.get("resnet34" if self.use_res else self.network or "dltresnet34")
 
     def _built_extractor(self) -> Any:
-        from .model_files import absolute_path
         from .preprocessor.audio import EmbeddingExtractor
+        from .weights import absolute_path
 
-        name = self._network_name()
+        record = self._network()
         model_file = None if self.model_file is None else absolute_path(self.model_file)
-        key = ("settings", name, model_file, str(self.device))
-        return _process_extractor(key, lambda: EmbeddingExtractor(name, model_file, device=self.device))
+        key = ("settings", record, model_file, str(self.device))
+        return _process_extractor(key, lambda: EmbeddingExtractor(record, model_file, device=self.device))
 
     def _given_extractor(self) -> Any:
         from .preprocessor.audio import EmbeddingExtractor
@@ -238,7 +274,7 @@ class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
         if extractor is not None and not isinstance(extractor, ExtractorRecipe) and not getattr(extractor, "test", True):
             state["extractor"] = ExtractorRecipe.of(extractor)
         if state.get("model_file") is not None:
-            from .model_files import absolute_path
+            from .weights import absolute_path
 
             state["model_file"] = absolute_path(state["model_file"])
         return state

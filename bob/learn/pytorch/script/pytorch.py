@@ -19,7 +19,7 @@ import click
 import torch
 from clapper.click import AliasedGroup, verbosity_option
 
-from .. import atomic, devices, model_files, pretrained, runtimes, settings
+from .. import atomic, devices, pretrained, runtimes, settings, weights
 from ..errors import CheckpointError, ModelDownloadError, RuntimeBuildError, SettingsError
 from ..preprocessor.audio import EmbeddingExtractor
 from . import extract as extraction
@@ -472,7 +472,7 @@ def download_models(networks: Sequence[pretrained.PretrainedNetwork], trust_chec
     failed = 0
     for record in networks or pretrained.records():
         try:
-            path = model_files.ensure_model_file(record, trust=trust_checkpoint)
+            path = weights.ensure_model_file(record, trust=trust_checkpoint)
         except MODEL_ERRORS as error:
             failed += 1
             click.echo(f"error: {record.title}: {_model_problem(error)}", err=True)
@@ -495,7 +495,7 @@ def info(**_: object) -> None:
       bob config set <a key it lists> /path/to/rn34.pth.tar
     """
     try:
-        described = model_files.describe_model_files()
+        described = weights.describe_model_files()
         sections = [describe_model(entry) for entry in described]
         sections.append(describe_settings())
         sections.append(describe_backends())
@@ -504,7 +504,7 @@ def info(**_: object) -> None:
     click.echo("\n\n".join("\n".join(lines) for lines in sections))
 
 
-def describe_model(entry: "model_files.ModelFileInfo") -> List[str]:
+def describe_model(entry: "weights.ModelFileInfo") -> List[str]:
     """The lines ``info`` prints for one model."""
     record = entry.record
     if entry.exists:
@@ -532,8 +532,7 @@ def describe_settings() -> List[str]:
         lines.append(f"  {path} ({'present' if path.is_file() else 'absent'})")
     lines.append("settings (bob config set KEY VALUE):")
     keys = [key for record in pretrained.records() for key in setting_keys(record)]
-    keys.append(model_files.DOWNLOAD_TIMEOUT_KEY)
-    keys += [model_files.DEADLINE_KEY, model_files.MIN_RATE_KEY]
+    keys += weights.PACKAGE_KEYS
     for key in keys:
         value = settings.get_setting(key)
         lines.append(f"  {key} = {settings.shown(value.value)!r}  ({value.file})" if value else f"  {key}: not set")
@@ -583,8 +582,11 @@ def export(
     from .. import onnx_export
 
     check_backend("onnxruntime")  # the check needs ONNX Runtime (and onnx to export)
-    extractor = load_extractor(model_file, network, "cpu", trust_checkpoint, backend="eager")
-    module, bins = extractor.network, network.front_end.bins
+    try:
+        module = weights.load_network(network, model_file, "cpu", trust_checkpoint=trust_checkpoint)
+    except MODEL_ERRORS as error:
+        raise ModelUnavailable(_model_problem(error)) from None
+    bins = network.front_end.bins
     try:
         with atomic.replacing(output, "the ONNX model") as temporary:
             onnx_export.export_embedding_network(module, str(temporary), bins)
@@ -598,7 +600,7 @@ def export(
         raise click.ClickException(_one_line(error)) from None
     click.echo(
         f"wrote {output}: {network.title}, input '{onnx_export.INPUT_NAME}' (batch, 1, time, {bins}) -> output "
-        f"'{onnx_export.EMBEDDING_NAME}' (batch, {extractor.bn_dim}); largest difference from PyTorch "
+        f"'{onnx_export.EMBEDDING_NAME}' (batch, {network.embedding_dim}); largest difference from PyTorch "
         f"{difference:.1e}"
     )
 

@@ -1,9 +1,21 @@
-"""Shared fixtures: golden data (``data/``), reference checkpoints, isolated user settings; a file behind a link."""
+"""Shared fixtures: golden data (``data/``), reference checkpoints, isolated user settings; a file behind a link.
+
+Also the helpers that write user settings: as bob 12's and bob.extension's
+``bob config set`` do (their real commands), or by hand.
+"""
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Tuple
 
 import numpy
 import pytest
+import torch
+from torch import nn
+
+from bob.learn.pytorch.architectures.utils import SpeakerEmbeddingNet
 
 from .reference_checkpoints import DATA, write_reference_checkpoint
 
@@ -124,3 +136,88 @@ def isolated_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
     monkeypatch.setenv("BOBRC", str(home / ".bobrc"))
     return home
+
+
+BOB12 = Path(sys.executable).parent / "bob"
+
+
+def bob12_config_set(key: str, value: str) -> None:
+    """Run bob 12's real ``bob config set`` with the test's HOME / XDG_CONFIG_HOME."""
+    if not BOB12.is_file():
+        pytest.fail(f"bob 12's command {BOB12} is missing; install bob>=12")
+    subprocess.run([str(BOB12), "config", "set", key, value], env=dict(os.environ), check=True, capture_output=True, timeout=300)
+
+
+def bob_extension_config_set(key: str, value: str) -> None:
+    """Run bob.extension's real ``bob config set`` (its console script is shadowed by bob 12's)."""
+    code = "import sys; from bob.extension.scripts import main_cli; sys.argv[0] = 'bob'; main_cli()"
+    subprocess.run(
+        [sys.executable, "-c", code, "config", "set", key, value],
+        env=dict(os.environ),
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+
+
+def write_toml(home: Path, text: str) -> Path:
+    """bob 12's settings file ``home/.config/bobrc.toml`` holding ``text``."""
+    path = home / ".config" / "bobrc.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def write_json(path: Path, settings: dict) -> Path:
+    """bob.extension's JSON settings file ``path`` holding ``settings``."""
+    path.write_text(json.dumps(settings, indent=4))
+    return path
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    """The package data folder, moved to a temporary folder."""
+    from bob.learn.pytorch import pretrained
+
+    path = tmp_path / "package-data"
+    monkeypatch.setattr(pretrained, "DATA_DIR", str(path))
+    return path
+
+
+
+class ToyNet(SpeakerEmbeddingNet):
+    """Two strided convolutions over the whole spectrum, then the shared pooling and embedding layer.
+
+    Time stride 4, receptive field 3 (frames on the left of an output step's own four), two output steps from 5 frames.
+    """
+
+    def __init__(self, num_classes: int = 5, tp: str = "emb", bn_dim: int = 16) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, kernel_size=(3, 257), stride=(2, 1), padding=(1, 0))
+        self.conv2 = nn.Conv2d(8, 12, kernel_size=(3, 1), stride=(2, 1), padding=(1, 0))
+        self.relu = nn.ReLU()
+        self.em = nn.Linear(24, bn_dim)
+        self.fc = nn.Linear(24, num_classes)
+        self._set_net_type(tp)
+
+    def forward_frames(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.conv2(self.relu(self.conv1(x))))
+
+
+def toy_network(num_classes: int = 5, tp: str = "emb", bn_dim: int = 16) -> ToyNet:
+    """The toy network's architecture function (module level, so that a record naming it pickles)."""
+    return ToyNet(num_classes, tp, bn_dim)
+
+
+def toy_record(**changes):
+    """A record of the toy network (``toy2``, unregistered), with ``changes``."""
+    import dataclasses
+
+    from bob.learn.pytorch.pretrained import PretrainedNetwork
+
+    record = PretrainedNetwork(
+        name="toy2", title="Toy CNN 2", architecture=toy_network, filename="toy2.pth", url="http://127.0.0.1/toy2.pth",
+        path_key="tests.toy2.modelpath", url_key="tests.toy2.url", sha256_key="tests.toy2.sha256", time_stride=4,
+        receptive_field=3, min_frames=5, embedding_dim=16, num_classes=5,
+    )
+    return dataclasses.replace(record, **changes)

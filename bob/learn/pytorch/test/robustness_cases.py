@@ -12,17 +12,24 @@ import time
 from pathlib import Path
 
 import numpy
+import torch
 from click.testing import CliRunner
 
 from bob.learn.pytorch.atomic import temporary_name
 from bob.learn.pytorch.download import DownloadOptions, download_model
 from bob.learn.pytorch.io import write_embedding
-from bob.learn.pytorch.model_files import download_options, ensure_model_file, resolve_model_url, resolve_sha256
+from bob.learn.pytorch.weights import (
+    download_options,
+    ensure_model_file,
+    resolve_model_file,
+    resolve_model_url,
+    resolve_sha256,
+)
 from bob.learn.pytorch import pretrained
 from bob.learn.pytorch.script import extract
 from bob.learn.pytorch.script.pytorch import pytorch
 
-from .conftest import SPEECH
+from .conftest import SPEECH, toy_network, toy_record
 from .model_server import ModelServer, fetch_in_process
 
 DRN = pretrained.get("dltresnet34")
@@ -207,6 +214,37 @@ def _list_file(folder):
     return "names " + ", ".join(item.name for item in items) + (f" ({len(problems)} problems)" if problems else "")
 
 
+def _settings_file(home: Path, kind: str):
+    path = home / ".config" / "bobrc.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "loop":
+        path.symlink_to(path.name)
+    else:
+        path.write_text("[bob.learn\n")
+    return resolve_model_file(DRN)
+
+
+def _register(**changes):
+    try:
+        return pretrained.register(toy_record(**changes))
+    finally:
+        pretrained.unregister(toy_record().name)
+
+
+def _unpicklable_impostor(folder):
+    import pickle
+
+    from bob.learn.pytorch.preprocessor.audio import EmbeddingExtractor
+    from bob.learn.pytorch.transformers import AudioEmbeddingTransformer
+
+    weights = folder / "impostor.pth"
+    torch.save({"state_dict": toy_network().state_dict()}, weights)
+    record = toy_record(name="resnet34", architecture=lambda **kwargs: toy_network(**kwargs))
+    return pickle.dumps(AudioEmbeddingTransformer(EmbeddingExtractor(record, weights, backend="eager")))
+
+
 def cases(tmp_path: Path, drn_file: Path, home: Path, server, monkeypatch) -> dict:
     """Row prefix → the call it describes."""
     folder = tmp_path / "work"
@@ -227,6 +265,23 @@ def cases(tmp_path: Path, drn_file: Path, home: Path, server, monkeypatch) -> di
         "setting ``drn_url``": lambda: (_settings(home, drn_url='"ftp://m/x"'), resolve_model_url(DRN)),
         "download address with a user name": lambda: _credentials(server, folder),
         "setting ``drn_modelpath`` naming a FIFO": lambda: _special_model_setting(home, folder, server),
+        "setting ``drn_modelpath`` that is a relative path": lambda: (
+            _settings(home, drn_modelpath='"models/drn34.pth.tar"'), resolve_model_file(DRN)
+        ),
+        "setting ``drn_modelpath`` naming an environment variable": lambda: (
+            monkeypatch.delenv("NO_SUCH", raising=False),
+            _settings(home, drn_modelpath='"${NO_SUCH}/drn34.pth.tar"'),
+            resolve_model_file(DRN),
+        ),
+        "``bobrc.toml`` that is a folder": lambda: _settings_file(home, "folder"),
+        "``bobrc.toml`` that is a symbolic link to itself": lambda: _settings_file(home, "loop"),
+        "``bobrc.toml`` that is not valid TOML": lambda: _settings_file(home, "invalid"),
+        "network record registered with a name": lambda: _register(name=3),
+        "network record registered with one text": lambda: _register(aliases="rn"),
+        "network record registered with ``time_stride=0``": lambda: _register(time_stride=0),
+        "network record registered with a ``min_frames``": lambda: _register(min_frames=4),
+        "network record registered with a receptive field": lambda: _register(receptive_field=2),
+        "transformer given an extractor on an unregistered record": lambda: _unpicklable_impostor(folder),
         "output that is a FIFO": lambda: _fifo_output(folder),
         "existing output of mode 0600": lambda: _mode_kept(folder),
         "output that is a symbolic link": lambda: _link_kept(folder),

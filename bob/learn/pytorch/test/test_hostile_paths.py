@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from bob.learn.pytorch import ModelDownloadError
 from bob.learn.pytorch.download import DownloadOptions, download_model
-from bob.learn.pytorch.model_files import ensure_model_file
+from bob.learn.pytorch.weights import ensure_model_file
 from bob.learn.pytorch.preprocessor.audio import DltResNetExtractor
 from bob.learn.pytorch import pretrained
 from bob.learn.pytorch.script import extract

@@ -6,7 +6,7 @@ whole utterance as a float32 ``(1, D)`` array, and ``write_data`` /
 ``read_data`` store it in HDF5, so that the embeddings can serve directly as
 features. Which network it runs is a name of the registry
 (:mod:`bob.learn.pytorch.pretrained`); where its weights come from is decided
-by :mod:`bob.learn.pytorch.model_files`; the embedding itself is computed by
+by :mod:`bob.learn.pytorch.weights`; the embedding itself is computed by
 one :class:`~bob.learn.pytorch.pipeline.EmbeddingPipeline`.
 """
 import logging
@@ -22,11 +22,9 @@ import torch
 
 from ... import io, pretrained
 from ...bob_imports import Preprocessor
-from ...checkpoint import clean_state_dict, load_state_dict_strictly, read_checkpoint
 from ...devices import check_device
-from ...download import expected_parameter_names
 from ...embedding import whole_number
-from ...model_files import ensure_model_file
+from ...weights import ensure_model_file, load_network_file
 from ...pipeline import EmbeddingPipeline
 from ...runtimes import build_runtime, check_runtime_name
 
@@ -152,21 +150,10 @@ class EmbeddingExtractor(Preprocessor):
         return build_runtime(module, self.backend, self.pretrained.front_end.bins)
 
     def _load_network(self) -> torch.nn.Module:
-        module = self.pretrained.build(self.num_classes, self.bn_dim)
-        state = clean_state_dict(
-            read_checkpoint(self.model_path, map_location=self.device, trust=self.trust_checkpoint),
-            source=self.model_path,
+        return load_network_file(
+            self.pretrained, self.model_path, self.device,
+            num_classes=self.num_classes, bn_dim=self.bn_dim, trust_checkpoint=self.trust_checkpoint,
         )
-        load_state_dict_strictly(module, state, source=self.model_path, hint=self._mismatch_hint(state))
-        logger.info("loaded %s from %s", self.pretrained.title, self.model_path)
-        return module.to(self.device).eval()
-
-    def _mismatch_hint(self, state: Mapping) -> str:
-        keys = set(state)
-        for record in pretrained.records():
-            if record is not self.pretrained and keys == expected_parameter_names(record):
-                return f"It looks like a {record.title} checkpoint: use network={record.name!r}."
-        return "Check num_classes and bn_dim against the training run."
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

@@ -1,84 +1,58 @@
-"""Where model files come from (argument, settings of either bob CLI, package folder) and safe loading."""
+"""The weight file of a network: where it comes from (argument, settings, package folder), its download, its loading."""
 import errno
 import hashlib
-import io
-import json
 import os
-import pickle
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy
 import pytest
 import torch
 
-from bob.learn.pytorch import ModelDownloadError, UnsafeCheckpointError
-from bob.learn.pytorch.checkpoint import clean_state_dict, read_checkpoint
+from bob.learn.pytorch import CheckpointError, ModelDownloadError
 from bob.learn.pytorch.download import DownloadOptions
 from bob.learn.pytorch.errors import SettingsError
-from bob.learn.pytorch.model_files import (
+from bob.learn.pytorch.weights import (
+    DEADLINE_KEY,
     DOWNLOAD_TIMEOUT_KEY,
+    MIN_RATE_KEY,
+    PACKAGE_KEYS,
     ModelLocation,
     ModelUrl,
     describe_model_files,
     download_options,
     ensure_model_file,
+    load_network,
+    load_network_file,
     resolve_model_file,
     resolve_model_url,
     resolve_sha256,
-
 )
 from bob.learn.pytorch import pretrained
 from bob.learn.pytorch.preprocessor.audio import DltResNetExtractor, ResNetExtractor
-from bob.learn.pytorch.settings import get_setting
 
-from .model_server import Payload, sha256_of
+from .conftest import bob12_config_set, write_json, write_toml
+from .model_server import sha256_of
 
 DRN = pretrained.get("dltresnet34")
 RN = pretrained.get("resnet34")
 FAST = DownloadOptions(connect_timeout=2.0, read_timeout=1.0, attempts=2, backoff=0.01, progress=False)
-BOB12 = Path(sys.executable).parent / "bob"
+AUDIO = "[bob.learn.pytorch.extractor.audio]\n"
 
 
-def bob12_config_set(key: str, value: str) -> None:
-    """Run bob 12's real ``bob config set`` with the test's HOME / XDG_CONFIG_HOME."""
-    if not BOB12.is_file():
-        pytest.fail(f"bob 12's command {BOB12} is missing; install bob>=12")
-    subprocess.run([str(BOB12), "config", "set", key, value], env=dict(os.environ), check=True, capture_output=True, timeout=300)
+# -- the setting keys, in one module ----------------------------------------------------------------
 
 
-def bob_extension_config_set(key: str, value: str) -> None:
-    """Run bob.extension's real ``bob config set`` (its console script is shadowed by bob 12's)."""
-    code = "import sys; from bob.extension.scripts import main_cli; sys.argv[0] = 'bob'; main_cli()"
-    subprocess.run(
-        [sys.executable, "-c", code, "config", "set", key, value],
-        env=dict(os.environ),
-        check=True,
-        capture_output=True,
-        timeout=300,
+def test_every_package_setting_key_is_named_here():
+    assert PACKAGE_KEYS == (DOWNLOAD_TIMEOUT_KEY, DEADLINE_KEY, MIN_RATE_KEY) == (
+        "bob.learn.pytorch.extractor.audio.download_timeout",
+        "bob.learn.pytorch.extractor.audio.download_deadline",
+        "bob.learn.pytorch.extractor.audio.download_min_rate",
     )
+    from bob.learn.pytorch import download
 
-
-@pytest.fixture
-def data_dir(tmp_path, monkeypatch):
-    """The package data folder, moved to a temporary folder."""
-    path = tmp_path / "package-data"
-    monkeypatch.setattr(pretrained, "DATA_DIR", str(path))
-    return path
-
-
-def write_toml(home: Path, text: str) -> Path:
-    path = home / ".config" / "bobrc.toml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
-
-
-def write_json(path: Path, settings: dict) -> Path:
-    path.write_text(json.dumps(settings, indent=4))
-    return path
+    assert (download.DEADLINE_KEY, download.MIN_RATE_KEY) == (DEADLINE_KEY, MIN_RATE_KEY)
 
 
 # -- resolution order -----------------------------------------------------------------------------
@@ -95,61 +69,6 @@ def test_defaults_are_the_package_folder_and_the_idiap_urls(data_dir):
     assert resolve_model_url(RN).url.endswith("/models_emb128_2drp_aug_relu__voxceleb___rn34-best.cls.pth.tar")
 
 
-def test_bob12_config_set_is_honoured_and_never_rewritten(isolated_settings, tmp_path, data_dir):
-    model = tmp_path / "my models" / "drn.pth.tar"
-    bob12_config_set(DRN.path_key, str(model))
-    toml = isolated_settings / ".config" / "bobrc.toml"
-    before = toml.read_bytes()
-    assert b"[bob.learn.pytorch.extractor.audio]" in before  # bob 12 nests the dotted key in tables
-    assert resolve_model_file(DRN) == ModelLocation(str(model), f"setting {DRN.path_key} in {toml}")
-    assert resolve_model_file(RN).source == "package data folder"
-    assert resolve_model_file(DRN, "/explicit.pth") == ModelLocation("/explicit.pth", "argument")
-    assert toml.read_bytes() == before
-    assert not (isolated_settings / ".bobrc").exists()
-
-
-def test_bob12_respects_xdg_config_home(monkeypatch, tmp_path):
-    config_home = tmp_path / "xdg"
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(config_home))
-    bob12_config_set(RN.url_key, "http://mirror.example/rn34.pth.tar")
-    assert resolve_model_url(RN) == ModelUrl(
-        "http://mirror.example/rn34.pth.tar", f"setting {RN.url_key} in {config_home / 'bobrc.toml'}"
-    )
-    assert resolve_model_url(DRN).source == "package default (Idiap)"
-
-
-def test_bob_extension_config_set_is_honoured_and_never_rewritten(isolated_settings, tmp_path):
-    model = tmp_path / "legacy" / "rn.pth.tar"
-    bob_extension_config_set(RN.path_key, str(model))
-    legacy = isolated_settings / ".bobrc"
-    before = legacy.read_bytes()
-    assert json.loads(before) == {RN.path_key: str(model)}
-    assert resolve_model_file(RN) == ModelLocation(str(model), f"setting {RN.path_key} in {legacy}")
-    assert legacy.read_bytes() == before
-    assert not (isolated_settings / ".config" / "bobrc.toml").exists()
-
-
-def test_legacy_home_bobrc_without_the_bobrc_variable(isolated_settings, monkeypatch):
-    monkeypatch.delenv("BOBRC")
-    legacy = write_json(isolated_settings / ".bobrc", {DRN.url_key: "http://old.example/drn"})
-    assert resolve_model_url(DRN) == ModelUrl("http://old.example/drn", f"setting {DRN.url_key} in {legacy}")
-
-
-def test_bobrc_variable_points_to_another_json_file(monkeypatch, tmp_path):
-    legacy = write_json(tmp_path / "elsewhere.json", {DRN.path_key: "/srv/models/drn.pth.tar", "other": 1})
-    monkeypatch.setenv("BOBRC", str(legacy))
-    before = legacy.read_bytes()
-    assert resolve_model_file(DRN) == ModelLocation("/srv/models/drn.pth.tar", f"setting {DRN.path_key} in {legacy}")
-    assert legacy.read_bytes() == before
-
-
-def test_bob12_file_wins_over_the_legacy_file(isolated_settings):
-    toml = write_toml(isolated_settings, '[bob.learn.pytorch.extractor.audio]\ndrn_modelpath = "/new/drn.pth.tar"\n')
-    write_json(isolated_settings / ".bobrc", {DRN.path_key: "/old/drn.pth.tar", RN.path_key: "/old/rn.pth.tar"})
-    assert resolve_model_file(DRN) == ModelLocation("/new/drn.pth.tar", f"setting {DRN.path_key} in {toml}")
-    assert resolve_model_file(RN).path == "/old/rn.pth.tar"  # not in the TOML file: the legacy file answers
-
-
 def test_argument_wins_over_every_setting_and_is_made_absolute(isolated_settings, tmp_path, monkeypatch):
     write_toml(isolated_settings, '[bob.learn.pytorch.extractor.audio]\ndrn_modelpath = "/new/drn.pth.tar"\n')
     monkeypatch.chdir(tmp_path)
@@ -158,52 +77,52 @@ def test_argument_wins_over_every_setting_and_is_made_absolute(isolated_settings
     assert resolve_model_file(DRN, "~/x.pth.tar").path == str(isolated_settings / "x.pth.tar")  # HOME is isolated
 
 
-@pytest.mark.parametrize(
-    "text",
-    [
-        '"bob.learn.pytorch.extractor.audio.drn_modelpath" = "/x.pth"\n',
-        '[bob.learn]\n"pytorch.extractor.audio.drn_modelpath" = "/x.pth"\n',
-        "[bob.learn.pytorch.extractor]\naudio.drn_modelpath = '/x.pth'\n",
-    ],
-)
-def test_hand_written_toml_layouts(isolated_settings, text):
-    write_toml(isolated_settings, text)
-    assert resolve_model_file(DRN).path == "/x.pth"
-
-
 def test_home_in_a_setting_is_expanded(isolated_settings):
     write_toml(isolated_settings, '[bob.learn.pytorch.extractor.audio]\nrn_modelpath = "~/models/rn.pth.tar"\n')
     assert resolve_model_file(RN).path == str(isolated_settings / "models" / "rn.pth.tar")
 
 
-def test_legacy_file_already_converted_to_toml_is_still_read(isolated_settings):
-    (isolated_settings / ".bobrc").write_text('[bob.learn.pytorch.extractor.audio]\nrn_url = "http://m/rn"\n')
-    assert resolve_model_url(RN).url == "http://m/rn"
+def test_variables_in_a_path_setting_are_expanded(isolated_settings, monkeypatch, tmp_path):
+    monkeypatch.setenv("MODELS", str(tmp_path / "models"))
+    for value, expected in [
+        ("$HOME/m/rn.pth.tar", isolated_settings / "m" / "rn.pth.tar"),
+        ("${MODELS}/rn.pth.tar", tmp_path / "models" / "rn.pth.tar"),
+        ("$MODELS/../rn.pth.tar", tmp_path / "rn.pth.tar"),
+    ]:
+        toml = write_toml(isolated_settings, f'{AUDIO}rn_modelpath = "{value}"\n')
+        assert resolve_model_file(RN) == ModelLocation(str(expected), f"setting {RN.path_key} in {toml}")
 
 
-def test_json_null_counts_as_unset(isolated_settings, data_dir):
-    write_json(isolated_settings / ".bobrc", {DRN.path_key: None})
-    assert resolve_model_file(DRN).source == "package data folder"
+def test_a_path_setting_naming_an_unset_variable_is_refused(isolated_settings, monkeypatch, data_dir):
+    monkeypatch.delenv("NO_SUCH_FOLDER", raising=False)
+    toml = write_toml(isolated_settings, f'{AUDIO}rn_modelpath = "${{NO_SUCH_FOLDER}}/rn.pth.tar"\n')
+    with pytest.raises(SettingsError) as caught:
+        ensure_model_file(RN)
+    assert str(caught.value) == (
+        f"setting {RN.path_key} in {toml} names the environment variable ${{NO_SUCH_FOLDER}}, which is not set, in "
+        f"'${{NO_SUCH_FOLDER}}/rn.pth.tar'; set the variable or run 'bob config set {RN.path_key} "
+        "/absolute/path/to/model.pth.tar'"
+    )
+    assert not (isolated_settings / "${NO_SUCH_FOLDER}").exists() and not Path("${NO_SUCH_FOLDER}").exists()
 
 
-def test_broken_settings_file_is_named(isolated_settings):
-    toml = write_toml(isolated_settings, "[bob.learn\ndrn_modelpath = 3\n")
-    with pytest.raises(SettingsError, match=f"bob settings file {toml} is not valid"):
-        resolve_model_file(DRN)
+@pytest.mark.parametrize("value", ["models/rn.pth.tar", "./rn.pth.tar", "rn.pth.tar"])
+def test_a_relative_path_setting_is_refused(isolated_settings, value, tmp_path, monkeypatch, server):
+    monkeypatch.chdir(tmp_path)
+    toml = write_toml(isolated_settings, f'{AUDIO}rn_modelpath = "{value}"\nrn_url = "{server.url("rn34.pth.tar")}"\n')
+    with pytest.raises(SettingsError) as caught:
+        ensure_model_file(RN, options=FAST)
+    assert str(caught.value) == (
+        f"setting {RN.path_key} in {toml} must be an absolute path, not {value!r} (a relative path would change "
+        f"with the folder each run starts in); run 'bob config set {RN.path_key} /absolute/path/to/model.pth.tar'"
+    )
+    assert server.requests == [] and os.listdir(tmp_path) == ["home"]
 
 
 def test_a_path_setting_must_be_text(isolated_settings):
     write_toml(isolated_settings, "[bob.learn.pytorch.extractor.audio]\ndrn_modelpath = 3\n")
     with pytest.raises(SettingsError, match=f"setting {DRN.path_key} in .* must be a non-empty text, not 3"):
         resolve_model_file(DRN)
-
-
-def test_settings_are_looked_up_by_exact_key(isolated_settings):
-    write_toml(isolated_settings, '[bob.learn.pytorch.extractor.audio]\ndrn_modelpath = "/x"\n')
-    assert get_setting("bob.learn.pytorch.extractor.audio.drn_modelpath").value == "/x"
-    assert get_setting("bob.learn.pytorch.extractor.audio") is not None  # a table is a value too
-    assert get_setting("bob.learn.pytorch.extractor.audio.rn_modelpath") is None
-    assert get_setting("learn.pytorch.extractor.audio.drn_modelpath") is None
 
 
 def test_sha256_known_for_the_default_url_or_set_for_any(isolated_settings, monkeypatch):
@@ -318,63 +237,6 @@ def test_unwritable_data_folder_says_to_set_the_model_path(isolated_settings, se
     assert os.listdir(data_dir) == []
 
 
-# -- safe loading ---------------------------------------------------------------------------------
-
-
-def evil_checkpoint(path: Path, sentinel: Path, legacy: bool) -> Path:
-    buffer = io.BytesIO()
-    torch.save(
-        {"state_dict": {"module.em.bias": torch.zeros(128)}, "hook": Payload(sentinel)},
-        buffer,
-        _use_new_zipfile_serialization=not legacy,
-    )
-    path.write_bytes(buffer.getvalue())
-    return path
-
-
-@pytest.mark.parametrize("legacy", [False, True])
-def test_code_running_pickle_is_refused_and_never_runs(tmp_path, legacy):
-    sentinel = tmp_path / "payload-ran"
-    model = evil_checkpoint(tmp_path / "evil.pth.tar", sentinel, legacy)
-    with pytest.raises(UnsafeCheckpointError) as caught:
-        read_checkpoint(model)
-    assert "posix.mkdir" in str(caught.value) and "trust_checkpoint=True" in str(caught.value)
-    extractor = DltResNetExtractor(str(model))  # construction does not read the file
-    with pytest.raises(UnsafeCheckpointError, match="trust_checkpoint=True"):
-        extractor.network
-    assert not sentinel.exists()
-
-
-def test_trust_checkpoint_is_the_explicit_opt_in(tmp_path):
-    sentinel = tmp_path / "payload-ran"
-    model = evil_checkpoint(tmp_path / "evil.pth.tar", sentinel, legacy=False)
-    content = read_checkpoint(model, trust=True)
-    assert sentinel.is_dir()  # full unpickling ran the payload: only for trusted files
-    assert list(content["state_dict"]) == ["module.em.bias"]
-
-
-def test_numpy_scalars_load_without_a_process_wide_change(checkpoint):
-    def process_wide():  # torch keeps them in a set: compare without order
-        return {entry if not isinstance(entry, tuple) else entry[1] for entry in torch.serialization.get_safe_globals()}
-
-    before = process_wide()
-    content = read_checkpoint(checkpoint("rn34", "numpy_scalar"))
-    assert isinstance(content["best_prec1"], numpy.float64)
-    assert len(clean_state_dict(content)) == 240
-    after = process_wide()
-    assert after == before
-    assert not any("numpy" in str(entry) for entry in after)
-    with pytest.raises(pickle.UnpicklingError):  # without the scoped allow-list, torch refuses the file
-        torch.load(checkpoint("rn34", "numpy_scalar"), weights_only=True)
-
-
-def test_numpy_dtype_loads(tmp_path):
-    model = tmp_path / "dtype.pth.tar"
-    torch.save({"state_dict": {"w": torch.ones(2)}, "dtype": numpy.dtype("float32"), "acc": numpy.float32(0.5)}, model)
-    content = read_checkpoint(model)
-    assert content["dtype"] == numpy.dtype("float32") and content["acc"] == numpy.float32(0.5)
-
-
 def test_downloaded_file_hash_is_that_of_the_served_bytes(isolated_settings, server, data_dir, payloads):
     digest = hashlib.sha256(payloads["drn34.pth.tar"]).hexdigest()
     write_toml(
@@ -460,3 +322,62 @@ def test_bad_settings_stop_the_extractor_before_any_download(isolated_settings, 
     with pytest.raises(SettingsError, match="download_timeout"):
         DltResNetExtractor()
     assert server.requests == []
+
+
+# -- loading: one way to a loaded network -------------------------------------------------------------
+
+
+def test_load_network_gives_the_file_weights_in_eval_mode(drn_file):
+    network = load_network("drn34", drn_file)
+    assert isinstance(network, torch.nn.Module) and not network.training and network.net_type == "emb"
+    assert all(not module.training for module in network.modules())
+    state = torch.load(drn_file, weights_only=False)["state_dict"]
+    loaded = network.state_dict()
+    assert len(loaded) == len(state)
+    assert all(torch.equal(loaded[key[len("module."):] if key.startswith("module.") else key], value) for key, value in state.items())
+    assert next(network.parameters()).device == torch.device("cpu")
+
+
+def test_load_network_refuses_a_file_that_does_not_fit_with_the_hint(drn_file, rn_file):
+    with pytest.raises(CheckpointError) as caught:
+        load_network("dltresnet34", rn_file)
+    message = str(caught.value)
+    assert message.startswith(f"{rn_file} does not fit DltResNet: missing keys: ")
+    assert message.endswith(". It looks like a ResNet-34 checkpoint: use network='resnet34'.")
+    with pytest.raises(CheckpointError) as caught:
+        load_network_file(DRN, drn_file, num_classes=10)
+    assert str(caught.value) == (
+        f"{drn_file} does not fit DltResNet: shape mismatches: fc.weight (file (1211, 1024), network (10, 1024)), "
+        "fc.bias (file (1211,), network (10,)), fc1.weight (file (1211, 128), network (10, 128)), fc1.bias (file "
+        "(1211,), network (10,)), fc2.weight (file (1211, 128), network (10, 128)), fc2.bias (file (1211,), network "
+        "(10,)). Check num_classes and bn_dim against the training run."
+    )
+
+
+def test_load_network_of_a_missing_explicit_file_never_downloads(tmp_path, server):
+    with pytest.raises(FileNotFoundError, match="the model_file argument\\) does not exist"):
+        load_network("resnet34", tmp_path / "none.pth.tar")
+    assert server.requests == []
+
+
+def test_a_successful_load_builds_nothing_for_an_error_hint(drn_file):
+    """No other network is built (on the meta device, which imports torch._dynamo) unless a load fails.
+
+    Measured as ``python -X importtime`` reports the imports of a fresh process
+    that loads a network, through the extractor as the command line does.
+    """
+    code = (
+        "import sys\n"
+        "from bob.learn.pytorch.preprocessor.audio import EmbeddingExtractor\n"
+        f"extractor = EmbeddingExtractor('dltresnet34', {str(drn_file)!r}, backend='eager')\n"
+        "extractor.network\n"
+        "from bob.learn.pytorch import pretrained\n"
+        "print(pretrained._meta_network.cache_info().currsize)\n"
+    )
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")]
+    assert "torch" in imported and "bob.learn.pytorch.weights" in imported
+    assert "torch._dynamo" not in imported
+    assert "bob.learn.pytorch.download" not in imported  # the file is there: no download machinery
+    assert done.stdout.split() == ["0"]  # no network built on the meta device

@@ -1,11 +1,18 @@
-"""Where a pretrained model file comes from, and getting it when it is missing.
+"""A network's weight file: the settings that place it, where it comes from, getting it, loading it.
+
+This module owns every user setting of the package (the keys below, and the
+keys each network's record names) and is the one way to a loaded network:
+:func:`load_network` resolves the file, downloads it when it is missing,
+reads it safely and loads it strictly (:mod:`bob.learn.pytorch.checkpoint`).
+The extractor, ``bob pytorch export`` and the benchmarks all go through it.
 
 The file to load is, in this order:
 
 1. the ``model_file`` argument given to the extractor (it must exist);
 2. the user setting named by the network's record (``record.path_key``),
    written by ``bob config set`` under either ``bob`` command (see
-   :mod:`bob.learn.pytorch.settings`);
+   :mod:`bob.learn.pytorch.settings`): an absolute path, in which ``~``,
+   ``$VAR`` and ``${VAR}`` are expanded;
 3. the package data folder (``record.default_path``).
 
 In cases 2 and 3 a missing file is downloaded from the address in the setting
@@ -17,14 +24,19 @@ import math
 import os
 import re
 import urllib.parse
-from typing import Any, List, NamedTuple, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, List, Mapping, NamedTuple, Optional, Sequence, Union
 
+from . import pretrained
 from .atomic import not_regular_file_reason
-from .checkpoint import missing_model_file_message
-from .download import DEADLINE_KEY, MAX_SECONDS, MIN_RATE_KEY, DownloadOptions, download_model
+from .checkpoint import clean_state_dict, load_state_dict_strictly, missing_model_file_message, read_checkpoint
 from .errors import SettingsError
 from .pretrained import PretrainedNetwork, records as registered_networks
 from .settings import SettingValue, get_setting, redact_url
+
+if TYPE_CHECKING:  # annotations only: the download machinery (requests, urllib3) is imported when a file is missing
+    import torch
+
+    from .download import DownloadOptions
 
 __all__ = [
     "ModelLocation",
@@ -33,9 +45,11 @@ __all__ = [
     "SOURCE_ARGUMENT",
     "SOURCE_PACKAGE_DATA",
     "SOURCE_PACKAGE_URL",
+    "SETTINGS_PREFIX",
     "DOWNLOAD_TIMEOUT_KEY",
     "DEADLINE_KEY",
     "MIN_RATE_KEY",
+    "PACKAGE_KEYS",
     "absolute_path",
     "resolve_model_file",
     "resolve_model_url",
@@ -44,6 +58,9 @@ __all__ = [
     "ensure_model_file",
     "describe_model_files",
     "missing_model_file_message",
+    "load_network",
+    "load_network_file",
+    "mismatch_hint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -56,8 +73,18 @@ SOURCE_ARGUMENT = "argument"
 SOURCE_PACKAGE_DATA = "package data folder"
 #: Source of the default download address.
 SOURCE_PACKAGE_URL = "package default (Idiap)"
+#: Prefix of the package's own user settings (``bob config set KEY VALUE``).
+SETTINGS_PREFIX = "bob.learn.pytorch.extractor.audio"
 #: User setting: seconds to wait for the download server (connection and each read).
-DOWNLOAD_TIMEOUT_KEY = "bob.learn.pytorch.extractor.audio.download_timeout"
+DOWNLOAD_TIMEOUT_KEY = f"{SETTINGS_PREFIX}.download_timeout"
+#: User setting: seconds a whole download may take, retries included.
+DEADLINE_KEY = f"{SETTINGS_PREFIX}.download_deadline"
+#: User setting: the slowest acceptable download, in kilobytes (1000 bytes) per second.
+MIN_RATE_KEY = f"{SETTINGS_PREFIX}.download_min_rate"
+#: The settings of the package that concern every network (each record names its own three).
+PACKAGE_KEYS = (DOWNLOAD_TIMEOUT_KEY, DEADLINE_KEY, MIN_RATE_KEY)
+#: A ``$NAME`` or ``${NAME}`` left in a path after expansion: a variable that is not set.
+_UNSET_VARIABLE = re.compile(r"\$(\w+|\{[^}]*\})")
 
 
 class ModelLocation(NamedTuple):
@@ -143,8 +170,36 @@ def resolve_model_file(record: PretrainedNetwork, model_file: Optional[PathLike]
         return ModelLocation(absolute_path(model_file), SOURCE_ARGUMENT)
     setting = _text_setting(record.path_key)
     if setting is not None:
-        return ModelLocation(absolute_path(setting.value.strip()), setting.source)
+        return ModelLocation(_setting_path(setting), setting.source)
     return ModelLocation(record.default_path, SOURCE_PACKAGE_DATA)
+
+
+def _setting_path(setting: SettingValue) -> str:
+    """A path setting with ``~``, ``$VAR`` and ``${VAR}`` expanded, which must then be absolute.
+
+    A relative path would name another file in every folder a command or a
+    pipeline worker runs in, so it is refused rather than guessed.
+
+    Raises
+    ------
+    SettingsError
+        If the path names an unset variable or is not absolute, naming the key, the file and the fix.
+    """
+    text = setting.value.strip()
+    expanded = os.path.expanduser(os.path.expandvars(text))
+    unset = _UNSET_VARIABLE.search(expanded)
+    fix = f"run 'bob config set {setting.key} /absolute/path/to/model.pth.tar'"
+    if unset:
+        raise SettingsError(
+            f"{setting.source} names the environment variable {unset.group(0)}, which is not set, in {text!r}; "
+            f"set the variable or {fix}"
+        )
+    if not os.path.isabs(expanded):
+        raise SettingsError(
+            f"{setting.source} must be an absolute path, not {text!r} (a relative path would change with the "
+            f"folder each run starts in); {fix}"
+        )
+    return os.path.normpath(expanded)
 
 
 def resolve_model_url(record: PretrainedNetwork) -> ModelUrl:
@@ -195,7 +250,7 @@ def resolve_sha256(record: PretrainedNetwork, url: str) -> Optional[str]:
     return digest
 
 
-def download_options() -> DownloadOptions:
+def download_options() -> "DownloadOptions":
     """Default download options, changed by the user settings.
 
     ``...download_timeout`` sets both timeouts, ``...download_deadline`` the
@@ -207,6 +262,8 @@ def download_options() -> DownloadOptions:
     SettingsError
         If a setting is not a number in its range, naming the key and the file.
     """
+    from .download import DownloadOptions
+
     values = {}
     timeout = get_setting(DOWNLOAD_TIMEOUT_KEY)
     if timeout is not None:
@@ -222,6 +279,8 @@ def download_options() -> DownloadOptions:
 
 def _positive_number(setting: SettingValue) -> float:
     """A number of seconds > 0 and at most :data:`~bob.learn.pytorch.download.MAX_SECONDS` (about 11.6 days)."""
+    from .download import MAX_SECONDS
+
     return _number(setting, "a positive number of seconds", low=0.0, high=MAX_SECONDS)
 
 
@@ -246,7 +305,7 @@ def ensure_model_file(
     *,
     trust: bool = False,
     download: bool = True,
-    options: Optional[DownloadOptions] = None,
+    options: Optional["DownloadOptions"] = None,
 ) -> str:
     """Resolve the model file of ``record``, downloading it when it is missing.
 
@@ -309,6 +368,8 @@ def ensure_model_file(
             f"downloading is disabled; put the file there or run 'bob config set {record.path_key} "
             "/path/to/model.pth.tar'"
         )
+    from .download import download_model
+
     url = resolve_model_url(record)
     logger.info(
         "%s model file %s (from the %s) is missing; fetching it from %s (%s)",
@@ -354,3 +415,109 @@ def describe_model_files(
             )
         )
     return infos
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+def mismatch_hint(record: PretrainedNetwork, state: Mapping[str, Any]) -> str:
+    """What to say when ``state`` does not fit ``record``'s network: the registered network it fits, if any.
+
+    Computed only when a load has failed: it compares the keys with those of
+    every other registered network (:func:`~bob.learn.pytorch.pretrained.parameter_shapes`).
+
+    >>> from bob.learn.pytorch import pretrained
+    >>> rn_keys = pretrained.parameter_shapes(pretrained.get("resnet34"))
+    >>> mismatch_hint(pretrained.get("dltresnet34"), rn_keys)
+    "It looks like a ResNet-34 checkpoint: use network='resnet34'."
+    """
+    keys = set(state)
+    for other in registered_networks():
+        if other != record and keys == set(pretrained.parameter_shapes(other)):
+            return f"It looks like a {other.title} checkpoint: use network={other.name!r}."
+    return "Check num_classes and bn_dim against the training run."
+
+
+def load_network_file(
+    record: PretrainedNetwork,
+    path: PathLike,
+    device: Union[str, "torch.device"] = "cpu",
+    *,
+    num_classes: Optional[int] = None,
+    bn_dim: Optional[int] = None,
+    trust_checkpoint: bool = False,
+) -> "torch.nn.Module":
+    """``record``'s network with the weights of the file ``path``, on ``device``, in eval mode.
+
+    The file is read safely (:func:`~bob.learn.pytorch.checkpoint.read_checkpoint`),
+    cleaned (:func:`~bob.learn.pytorch.checkpoint.clean_state_dict`) and loaded
+    strictly (:func:`~bob.learn.pytorch.checkpoint.load_state_dict_strictly`);
+    only when it does not fit is the hint of :func:`mismatch_hint` computed.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist (the message names the host, for pipelines).
+    CheckpointError, UnsafeCheckpointError
+        If the file cannot be read safely or does not fit the network.
+    """
+    path = os.fspath(path)
+    network = record.build(num_classes, bn_dim)
+    state = clean_state_dict(read_checkpoint(path, map_location=device, trust=trust_checkpoint), source=path)
+    load_state_dict_strictly(network, state, source=path, hint=lambda: mismatch_hint(record, state))
+    logger.info("loaded %s from %s", record.title, path)
+    return network.to(device).eval()
+
+
+def load_network(
+    network: pretrained.NetworkLike,
+    model_file: Optional[PathLike] = None,
+    device: Union[str, "torch.device"] = "cpu",
+    *,
+    num_classes: Optional[int] = None,
+    bn_dim: Optional[int] = None,
+    trust_checkpoint: bool = False,
+    download: bool = True,
+) -> "torch.nn.Module":
+    """A registered network with its weights, ready for inference: the one way to a loaded network.
+
+    The weight file is the one :func:`ensure_model_file` gives (the
+    ``model_file`` argument, else the network's path setting, else the
+    package data folder, downloaded when missing); it is loaded by
+    :func:`load_network_file`.
+
+    Parameters
+    ----------
+    network : str or PretrainedNetwork
+        A registered name or alias, or a record.
+    model_file : str or os.PathLike, optional
+        An explicit weight file (never downloaded).
+    device : str or torch.device
+        Where the network is placed.
+    num_classes, bn_dim : int, optional
+        Sizes of the file's training run (the record's by default).
+    trust_checkpoint : bool
+        Allow full unpickling of the file (only for files you trust).
+    download : bool
+        Download a missing file.
+
+    Returns
+    -------
+    torch.nn.Module
+        The network in eval mode and ``emb`` mode, on ``device``.
+
+    Examples
+    --------
+    >>> import os, tempfile, torch
+    >>> from bob.learn.pytorch import pretrained
+    >>> path = os.path.join(tempfile.mkdtemp(), "rn34.pth.tar")
+    >>> torch.save({"state_dict": pretrained.get("resnet34").build().state_dict()}, path)
+    >>> network = load_network("resnet34", path)
+    >>> network.training, network.net_type
+    (False, 'emb')
+    """
+    record = pretrained.get(network)
+    path = ensure_model_file(record, model_file, trust=trust_checkpoint, download=download)
+    return load_network_file(
+        record, path, device, num_classes=num_classes, bn_dim=bn_dim, trust_checkpoint=trust_checkpoint
+    )
