@@ -16,7 +16,7 @@ from bob.learn.pytorch.download import DownloadOptions, download_model
 from bob.learn.pytorch.io import write_embedding
 from bob.learn.pytorch.model_files import download_options, ensure_model_file, resolve_model_url, resolve_sha256
 from bob.learn.pytorch import pretrained
-from bob.learn.pytorch.script import extract
+from bob.learn.pytorch import inputs
 from bob.learn.pytorch.script.pytorch import pytorch
 
 from .conftest import SPEECH
@@ -148,7 +148,7 @@ def _linked_folders(folder):
     shutil.copy(OTHER_WAV, folder / "elsewhere" / "b.wav")
     (folder / "corpus" / "linked").symlink_to(folder / "elsewhere")
     (folder / "corpus" / "real" / "loop").symlink_to(folder / "corpus")
-    items, problems = extract.collect_inputs([str(folder / "corpus")])
+    items, problems = inputs.collect_inputs([str(folder / "corpus")])
     return ", ".join(item.name for item in items) + (f" ({len(problems)} problems)" if problems else "")
 
 
@@ -157,7 +157,7 @@ def _list_file(folder):
         shutil.copy(WAV, folder / name)
     lines = ["# recordings", "a.wav   # first", "take#2.wav", "\\ lead.wav"]
     (folder / "list.txt").write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode())
-    items, problems = extract.collect_inputs([str(folder / "list.txt")])
+    items, problems = inputs.collect_inputs([str(folder / "list.txt")])
     return "names " + ", ".join(item.name for item in items) + (f" ({len(problems)} problems)" if problems else "")
 
 
