@@ -18,7 +18,6 @@ at the start.
 import csv
 import errno
 import os
-import stat
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -27,13 +26,13 @@ import numpy
 
 from .atomic import make_folders, not_regular_file_reason, remove_empty_folders, replacing, temporary_name
 from .inputs import AudioInput, Embedded, Failure, InputConflict
+from .paths import planted_link_problem
 
 __all__ = [
     "OUTPUT_FORMATS",
     "OutputError",
     "output_format",
     "check_names",
-    "planted_link_problem",
     "prepare_output",
     "rehearse_output",
     "write_output",
@@ -117,38 +116,6 @@ def check_names(items: Sequence[AudioInput], path: PathLike) -> Tuple[List[Audio
 # -- the target path ----------------------------------------------------------------------------
 
 
-def planted_link_problem(path: PathLike) -> str:
-    """Why following the symbolic links on ``path`` could write where their owner chose: ``""`` when it cannot.
-
-    The rule of the kernel's ``protected_symlinks``: a symbolic link in a
-    sticky folder that everyone can write (``/tmp``) is followed only by its
-    owner, or when it belongs to the folder's owner. Each part of the path is
-    checked, since the file is replaced by a rename (which the kernel's rule
-    does not cover) after the links are resolved.
-
-    >>> planted_link_problem("/tmp/embeddings.h5")
-    ''
-    """
-    absolute = Path(os.path.abspath(path))
-    user = os.geteuid()
-    for depth in range(2, len(absolute.parts) + 1):
-        part = Path(*absolute.parts[:depth])
-        try:
-            link = os.lstat(part)
-            folder = os.stat(part.parent)
-        except OSError:
-            return ""
-        if not stat.S_ISLNK(link.st_mode):
-            continue
-        shared = folder.st_mode & stat.S_ISVTX and folder.st_mode & stat.S_IWOTH
-        if shared and link.st_uid not in (user, folder.st_uid):
-            return (
-                f"{part} is a symbolic link of another user (uid {link.st_uid}) in the shared folder {part.parent} "
-                "(sticky, writable by everyone), which is not followed: remove the link or write elsewhere"
-            )
-    return ""
-
-
 def _name_too_long(path: Path) -> str:
     name_max = os.pathconf(path.parent if path.parent.is_dir() else "/", "PC_NAME_MAX")
     longest = max(path.parts, key=lambda part: len(os.fsencode(part)))
@@ -184,7 +151,7 @@ def prepare_output(path: PathLike) -> List[Path]:
         Naming the problem: the folder is a file, cannot be created or
         written; the path is too long, is a folder or a special file, or
         goes through a symbolic link planted by another user in a shared
-        folder (:func:`planted_link_problem`).
+        folder (:func:`~bob.learn.pytorch.paths.planted_link_problem`).
     """
     output = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(output))
@@ -365,7 +332,7 @@ def write_output(results: Sequence[Embedded], path: PathLike, attributes: Option
     OutputError
         On a full disk (``no space left on device``, naming whether the
         previous file is kept), or a symbolic link planted by another user
-        (:func:`planted_link_problem`); nothing is replaced.
+        (:func:`~bob.learn.pytorch.paths.planted_link_problem`); nothing is replaced.
     OSError
         If the folder cannot be written, naming it.
     """

@@ -13,6 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from bob.learn.pytorch import outputs
+from bob.learn.pytorch.io import write_embedding
+from bob.learn.pytorch.paths import planted_link_problem
 from bob.learn.pytorch.inputs import AudioInput, Embedded, Failure
 from bob.learn.pytorch.script.pytorch import pytorch
 
@@ -101,6 +103,8 @@ def test_a_file_size_limit_is_one_error_too(work):
         import resource, signal, numpy
         from pathlib import Path
         from bob.learn.pytorch import outputs
+from bob.learn.pytorch.io import write_embedding
+from bob.learn.pytorch.paths import planted_link_problem
         from bob.learn.pytorch.inputs import AudioInput, Embedded
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
@@ -247,10 +251,12 @@ def test_a_link_planted_by_another_user_in_a_shared_folder_is_not_followed(share
         f"{link} is a symbolic link of another user (uid {OTHER_USER}) in the shared folder {shared} "
         "(sticky, writable by everyone), which is not followed: remove the link or write elsewhere"
     )
-    assert outputs.planted_link_problem(link) == expected
-    assert outputs.planted_link_problem(link.parent / "other.h5") == ""
+    assert planted_link_problem(link) == expected
+    assert planted_link_problem(link.parent / "other.h5") == ""
     with pytest.raises(outputs.OutputError, match="is a symbolic link of another user"):
         outputs.write_output(rows_of(tmp_path, ["a"]), link)
+    with pytest.raises(PermissionError, match=f"cannot write embeddings to {link}: {link} is a symbolic link of another"):
+        write_embedding(numpy.zeros((1, 4)), link)
     result = run("extract-audio", SPEECH / GOOD[0], "-o", link)
     assert (result.exit_code, result.stderr) == (1, f"Error: cannot write {link}: {expected}\n")
     assert protected.read_text() == "root's file" and link.is_symlink()
@@ -262,13 +268,13 @@ def test_a_planted_link_to_a_folder_on_the_way_is_not_followed_either(shared_fol
     elsewhere.mkdir()
     (shared / "dir").symlink_to(elsewhere)
     os.lchown(shared / "dir", OTHER_USER, OTHER_USER)
-    assert "dir is a symbolic link of another user" in outputs.planted_link_problem(shared / "dir" / "o.h5")
+    assert "dir is a symbolic link of another user" in planted_link_problem(shared / "dir" / "o.h5")
 
 
 def test_links_of_the_user_or_of_the_folders_owner_are_followed(shared_folder, tmp_path):
     shared, link, protected = shared_folder
     os.lchown(link, 0, 0)
-    assert outputs.planted_link_problem(link) == ""
+    assert planted_link_problem(link) == ""
     outputs.write_output(rows_of(tmp_path, ["a"]), link)
     assert link.is_symlink() and protected.read_bytes()[:4] == b"\x89HDF"
     not_sticky = tmp_path / "plain"
@@ -276,5 +282,5 @@ def test_links_of_the_user_or_of_the_folders_owner_are_followed(shared_folder, t
     not_sticky.chmod(0o777)
     (not_sticky / "o.h5").symlink_to(protected)
     os.lchown(not_sticky / "o.h5", OTHER_USER, OTHER_USER)
-    assert outputs.planted_link_problem(not_sticky / "o.h5") == ""
+    assert planted_link_problem(not_sticky / "o.h5") == ""
     assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
