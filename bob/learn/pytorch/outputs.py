@@ -125,16 +125,15 @@ def _name_too_long(path: Path) -> str:
 
 
 def _target_problem(path: Path) -> str:
-    """Why ``path`` cannot be replaced by a file (links, kind, length): ``""`` when it can."""
+    """Why ``path`` cannot be replaced by a file (a planted link, its length, its kind): ``""`` when it can."""
     planted = planted_link_problem(path)
     if planted:
         return planted
     try:
-        return not_regular_file_reason(path)
+        reason = not_regular_file_reason(path)
     except OSError as error:
-        if error.errno == errno.ENAMETOOLONG:
-            return _name_too_long(path)
-        return error.strerror or str(error)
+        return _name_too_long(path) if error.errno == errno.ENAMETOOLONG else (error.strerror or str(error))
+    return f"it is {reason}" if reason else ""
 
 
 def prepare_output(path: PathLike) -> List[Path]:
@@ -155,9 +154,9 @@ def prepare_output(path: PathLike) -> List[Path]:
     """
     output = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(output))
-    too_long = _target_problem(Path(output))
-    if too_long.startswith("file name too long"):
-        raise OutputError(errno.ENAMETOOLONG, f"cannot write {output}: {too_long}")
+    problem = _target_problem(Path(output))
+    if problem.startswith("file name too long"):
+        raise OutputError(errno.ENAMETOOLONG, f"cannot write {output}: {problem}")
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise OutputError(errno.ENOTDIR, f"cannot write {output}: {folder} is a file, not a folder")
     try:
@@ -170,8 +169,7 @@ def prepare_output(path: PathLike) -> List[Path]:
     problem = _target_problem(Path(output))
     if problem:
         remove_empty_folders(created)
-        which = problem if problem.startswith(("file name", output)) or " is a symbolic link " in problem else f"it is {problem}"
-        raise OutputError(errno.EINVAL, f"cannot write {output}: {which}")
+        raise OutputError(errno.EINVAL, f"cannot write {output}: {problem}")
     return created
 
 
