@@ -12,10 +12,9 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 import numpy
 import torch
 
-from .frontend import BOB_AP_FRONT_END
-
 __all__ = [
-    "FREQUENCY_BINS",
+    "FREQUENCY_STRIDE",
+    "accepted_bins",
     "CHUNK_EPSILON",
     "plan_chunks",
     "plan_batches",
@@ -28,10 +27,8 @@ __all__ = [
     "as_list",
 ]
 
-#: Frequency bins of the released networks' spectrogram (512-point FFT).
-FREQUENCY_BINS = BOB_AP_FRONT_END.bins
-#: Accepted numbers of frequency bins: those that leave a width of 1 after conv5.
-FREQUENCY_BIN_RANGE = (257, 272)
+#: Frequency bins per column of the networks' last convolution (four halvings of the frequency axis).
+FREQUENCY_STRIDE = 16
 #: Added to the per-column standard deviation when standardising a chunk.
 CHUNK_EPSILON = 1e-7
 
@@ -143,22 +140,36 @@ def standardized_batch(chunks: Sequence[numpy.ndarray]) -> numpy.ndarray:
     return batch
 
 
-def check_specs(specs: Any) -> numpy.ndarray:
+def accepted_bins(bins: int) -> Tuple[int, int]:
+    """Fewest and most frequency bins a spectrogram may have for a network whose front end gives ``bins``.
+
+    From ``bins`` up to the next multiple of :data:`FREQUENCY_STRIDE`: the
+    widths that leave the network's last convolution as many columns.
+
+    >>> accepted_bins(257)
+    (257, 272)
+    """
+    return bins, FREQUENCY_STRIDE * -(-bins // FREQUENCY_STRIDE)
+
+
+def check_specs(specs: Any, bins: int) -> numpy.ndarray:
     """Return ``specs`` as a 2-D float array ``(T, F)`` or raise ``ValueError``.
 
-    float32 input stays float32 (the original's own test standardised in
-    float32); everything else becomes float64.
+    ``bins`` is the number of frequency bins of the network's front end
+    (``record.front_end.bins``); :func:`accepted_bins` gives the range
+    accepted. float32 input stays float32 (the original's own test
+    standardised in float32); everything else becomes float64.
     """
     array = numpy.asarray(specs)
     if array.dtype.kind not in "iuf":
         raise ValueError(f"specs must be a numeric (T, F) array, got dtype {array.dtype}")
     if array.ndim != 2:
         raise ValueError(f"specs must be a 2-D (frames, frequency bins) array, got shape {array.shape}")
-    low, high = FREQUENCY_BIN_RANGE
+    low, high = accepted_bins(bins)
     if not low <= array.shape[1] <= high:
         raise ValueError(
-            f"specs has {array.shape[1]} frequency bins; the networks need {FREQUENCY_BINS} "
-            f"(a 512-point FFT: 25 ms windows at 16 kHz), or at most {high}"
+            f"specs has {array.shape[1]} frequency bins; the networks need {bins} "
+            f"(the spectrogram of their front end), or at most {high}"
         )
     if array.shape[0] == 0:
         raise ValueError("specs has no frames")
@@ -219,6 +230,7 @@ def embed_spectrogram(
     device: Any = "cpu",
     *,
     min_frames: int,
+    bins: int,
 ) -> numpy.ndarray:
     """Embed a spectrogram chunk by chunk.
 
@@ -239,13 +251,15 @@ def embed_spectrogram(
         Where the input tensors are sent.
     min_frames : int
         Chunks shorter than this are dropped (the network's ``min_frames``).
+    bins : int
+        Frequency bins of the network's front end (``record.front_end.bins``).
 
     Returns
     -------
     numpy.ndarray
         float32 ``(n_chunks, D)``, one row per usable chunk.
     """
-    specs = check_specs(specs)
+    specs = check_specs(specs, bins)
     L = whole_number("L", L)
     min_length = whole_number("min_length", min_length)
     batch_size = whole_number("batch_size", batch_size, minimum=1)

@@ -19,12 +19,13 @@ __all__ = [
     "BOB_AP_FRONT_END",
     "TARGET_RATE",
     "INT16_SCALE",
-    "as_mono_signal",
     "mono_samples",
     "check_finite",
     "check_magnitude",
     "check_rate",
     "unpack_audio",
+    "peak_magnitude",
+    "checked_samples",
     "prepare_signal",
     "frame_geometry",
     "spectrogram",
@@ -174,20 +175,6 @@ def check_magnitude(peak: float) -> None:
         )
 
 
-def as_mono_signal(samples: Any) -> numpy.ndarray:
-    """Return ``samples`` as a 1-D float64 array, or raise a clear error.
-
-    Accepts integer or floating-point arrays (and lists of numbers) of shape
-    ``(N,)``, ``(N, 1)`` or ``(1, N)``. Rejects other dtypes with ``TypeError``
-    and multi-channel, empty, non-finite or absurdly large (beyond
-    :data:`MAX_MAGNITUDE`) signals with ``ValueError``.
-    """
-    signal = mono_samples(samples).astype(numpy.float64)
-    check_finite(signal)
-    check_magnitude(float(numpy.max(numpy.abs(signal))))
-    return signal
-
-
 def unpack_audio(audio: Any) -> Tuple[int, Any]:
     """Split a ``(rate, samples)`` pair, checking its form and the rate; the samples are not converted.
 
@@ -205,6 +192,71 @@ def unpack_audio(audio: Any) -> Tuple[int, Any]:
     return check_rate(audio[0]), audio[1]
 
 
+def peak_magnitude(samples: numpy.ndarray, block_samples: int = 1 << 20) -> float:
+    """Largest ``|sample|`` of a 1-D array, exactly, ``block_samples`` at a time, without a converted copy.
+
+    Raises ``ValueError`` (:func:`check_finite`, counting every bad sample)
+    if the array holds NaN or infinite samples: NumPy's ``max`` and ``min``
+    propagate NaN, so both are finite only when every sample is.
+
+    >>> peak_magnitude(numpy.array([-32768, 5], numpy.int16))  # Python ints: -(-32768) fits
+    32768.0
+    """
+    peak = 0.0
+    for start in range(0, len(samples), block_samples):
+        block = samples[start : start + block_samples]
+        if block.dtype.kind == "f":
+            high, low = float(block.max()), float(block.min())
+            if not (numpy.isfinite(high) and numpy.isfinite(low)):
+                check_finite(samples)
+            peak = max(peak, high, -low)
+        else:
+            peak = max(peak, float(max(int(block.max()), -int(block.min()))))
+    return peak
+
+
+def checked_samples(audio: Any, target_rate: int = TARGET_RATE, block_samples: int = 1 << 20) -> Tuple[numpy.ndarray, float]:
+    """The one check of a ``(rate, samples)`` pair: ``(samples at target_rate, scale)``.
+
+    The checks, in order: the pair and its rate (:func:`unpack_audio`), the
+    samples' type, shape and length (:func:`mono_samples`), the memory
+    resampling would take (:func:`check_resample_memory`), finite samples
+    and a sane peak (:func:`peak_magnitude`, :func:`check_magnitude`), block
+    by block. Then the original's ``2**15`` rule: a signal whose peak
+    magnitude is strictly below 1 is to be multiplied by ``2**15``.
+
+    Samples at ``target_rate`` are returned as given (a view, not converted)
+    with the scale to apply after conversion to float64; others are
+    converted, scaled and resampled with the FFT method of
+    :func:`scipy.signal.resample` to ``round(N * target_rate / rate)``
+    samples (halves to even), and returned with a scale of 1.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the problem (see the checks above).
+    MemoryError
+        If resampling would need more than :data:`RESAMPLE_MEMORY_LIMIT`,
+        before anything is allocated.
+    """
+    rate, samples = unpack_audio(audio)
+    samples = mono_samples(samples)
+    if rate != target_rate:
+        check_resample_memory(len(samples), rate, target_rate=target_rate)
+    peak = peak_magnitude(samples, block_samples)
+    check_magnitude(peak)
+    scale = INT16_SCALE if peak < 1 else 1.0
+    if rate == target_rate:
+        return samples, scale
+    length = round(len(samples) * target_rate / rate)
+    if length < 1:
+        raise ValueError(f"audio of {len(samples)} samples at {rate} Hz is empty once resampled to {target_rate} Hz")
+    signal = samples.astype(numpy.float64)
+    if scale != 1.0:
+        signal *= scale
+    return scipy.signal.resample(signal, length), 1.0
+
+
 def prepare_signal(audio: Any, target_rate: int = TARGET_RATE) -> numpy.ndarray:
     """Turn a ``(rate, samples)`` pair into the float64 signal at ``target_rate`` the spectrogram takes.
 
@@ -212,7 +264,8 @@ def prepare_signal(audio: Any, target_rate: int = TARGET_RATE) -> numpy.ndarray:
     multiplied by 2**15 (float audio in [-1, 1) to the int16 range), then any
     other rate is resampled to ``target_rate`` with the FFT method of
     :func:`scipy.signal.resample`, the new length being
-    ``round(N * target_rate / rate)`` (halves to even).
+    ``round(N * target_rate / rate)`` (halves to even). The checks are those
+    of :func:`checked_samples`.
 
     Parameters
     ----------
@@ -224,25 +277,12 @@ def prepare_signal(audio: Any, target_rate: int = TARGET_RATE) -> numpy.ndarray:
     Returns
     -------
     numpy.ndarray
-        1-D float64 signal at ``target_rate``.
-
-    Raises
-    ------
-    MemoryError
-        If resampling would need more than :data:`RESAMPLE_MEMORY_LIMIT`
-        (see :func:`check_resample_memory`), before anything is allocated.
+        1-D float64 signal at ``target_rate`` (a new array).
     """
-    rate, samples = unpack_audio(audio)
-    if rate != target_rate:
-        check_resample_memory(len(mono_samples(samples)), rate, target_rate=target_rate)
-    signal = as_mono_signal(samples)
-    if numpy.max(numpy.abs(signal)) < 1:
-        signal *= INT16_SCALE
-    if rate != target_rate:
-        length = round(len(signal) * target_rate / rate)
-        if length < 1:
-            raise ValueError(f"audio of {len(signal)} samples at {rate} Hz is empty once resampled to {target_rate} Hz")
-        signal = scipy.signal.resample(signal, length)
+    samples, scale = checked_samples(audio, target_rate)
+    signal = numpy.array(samples, dtype=numpy.float64)
+    if scale != 1.0:
+        signal *= scale
     return signal
 
 

@@ -1,4 +1,5 @@
 """Embedding files: one float64 HDF5 dataset ``feats``, written atomically."""
+import errno
 import os
 from typing import Any, Union
 
@@ -6,6 +7,7 @@ import h5py
 import numpy
 
 from .atomic import replacing
+from .paths import planted_link_problem
 
 __all__ = ["write_embedding", "read_embedding", "utf8_encodable", "DATASET"]
 
@@ -29,7 +31,9 @@ def write_embedding(data: Any, path: PathLike) -> None:
         If ``data`` is not an array of real numbers (``None``, objects,
         complex numbers, strings).
     PermissionError, OSError
-        If the folder cannot be created or written, naming the path.
+        If the folder cannot be created or written, naming the path, or the
+        path goes through a symbolic link planted by another user in a shared
+        folder (:func:`~bob.learn.pytorch.paths.planted_link_problem`).
     """
     source = numpy.asarray(data)
     if source.dtype.kind not in "biuf":
@@ -37,6 +41,9 @@ def write_embedding(data: Any, path: PathLike) -> None:
             f"embeddings must be an array of real numbers, got {type(data).__name__} of dtype {source.dtype}"
         )
     array = source.astype(numpy.float64)
+    planted = planted_link_problem(path)
+    if planted:
+        raise PermissionError(errno.EPERM, f"cannot write embeddings to {path}: {planted}")
     with replacing(path, what="embeddings") as temporary:
         with h5py.File(temporary, "w") as hdf5:
             hdf5.create_dataset(DATASET, data=array)

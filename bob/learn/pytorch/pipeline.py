@@ -32,7 +32,7 @@ import torch
 
 from .architectures.utils import SpeakerEmbeddingNet
 from .embedding import as_list, check_specs, embed_chunks, embed_spectrogram, whole_number
-from .frontend import mono_samples, prepare_signal, unpack_audio, warn_if_silent
+from .frontend import warn_if_silent
 from .pretrained import PretrainedNetwork
 from .runtimes import EagerRuntime, Runtime, embedding_head, runtime_name
 from .streaming import STREAMING_MIN_FRAMES, SignalSpectrogram, SpectrogramArray, embed_long, signal_source
@@ -90,10 +90,16 @@ class EmbeddingPipeline:
         """The runtime the frame body runs in: ``"onnxruntime"``, ``"mnn"`` or ``"eager"``."""
         return runtime_name(self.runtime)
 
-    # -- samples to frames ---------------------------------------------------------------------
+    # -- samples to frames: the one entry of a recording ------------------------------------------
 
     def source(self, audio: Any) -> SignalSpectrogram:
-        """Checked frame source of ``(rate, samples)``, long enough for the network."""
+        """Checked frame source of ``(rate, samples)``, long enough for the network.
+
+        Every recording enters the pipeline here: the checks, the ``2**15``
+        rule and the resampling are :func:`~bob.learn.pytorch.frontend.checked_samples`,
+        with the network's front end; a recording shorter than the network's
+        ``min_frames`` is refused and digital silence logged.
+        """
         source = signal_source(audio, self.network.front_end)
         self.require_minimum_length(source.n_samples)
         warn_if_silent(source.samples, source.scale)
@@ -101,17 +107,8 @@ class EmbeddingPipeline:
 
     def spectrogram(self, audio: Any) -> numpy.ndarray:
         """The float64 ``(T, bins)`` spectrogram of ``(rate, samples)``, checked to be long enough."""
-        front_end = self.network.front_end
-        signal = prepare_signal(audio, front_end.sample_rate)
-        self.require_minimum_length(len(signal))
-        warn_if_silent(signal)
-        return front_end.spectrogram(signal)
-
-    def frame_count(self, audio: Any) -> int:
-        """Spectrogram frames of ``(rate, samples)`` at the network's rate, without converting the samples."""
-        rate, samples = unpack_audio(audio)
-        front_end = self.network.front_end
-        return front_end.n_frames(front_end.resampled_length(len(mono_samples(samples)), rate))
+        source = self.source(audio)
+        return source.frames(0, source.n_frames)
 
     def require_minimum_length(self, n_samples: int) -> None:
         """Raise ``ValueError`` if ``n_samples`` at the network's rate give fewer than its ``min_frames`` frames."""
@@ -149,9 +146,17 @@ class EmbeddingPipeline:
 
     # -- frames to embedding: the one place that chooses how -------------------------------
 
+    def streams(self, n_frames: int) -> bool:
+        """Whether a whole-utterance embedding of ``n_frames`` frames is computed block by block.
+
+        The one streaming decision: at least :attr:`streaming_min_frames`
+        frames, and a module that runs as built (:meth:`runs_as_built`).
+        """
+        return n_frames >= self.streaming_min_frames and self.runs_as_built()
+
     def embed_source(self, source: Any) -> numpy.ndarray:
         """The whole-utterance embedding ``(1, D)`` of a frame source (streamed when long)."""
-        if source.n_frames >= self.streaming_min_frames and self.runs_as_built():
+        if self.streams(source.n_frames):
             return embed_long(self.module, self.runtime, source, self.network, device=self.device)
         return embed_chunks(self.forward(), [source.frames(0, source.n_frames)], self.device)
 
@@ -165,28 +170,30 @@ class EmbeddingPipeline:
         """Embed a spectrogram chunk by chunk as the original's ``extract_embeddings`` (one row per chunk).
 
         With ``forward`` given (another model), it runs exactly as given, chunk
-        by chunk; otherwise a single chunk (``L=0`` or ``L >= T``) goes through
-        :meth:`embed_source`.
+        by chunk; otherwise a single chunk (``L=0`` or ``L >= T``) long enough
+        for the network goes through :meth:`embed_source`.
         """
+        bins = self.network.front_end.bins
         if forward is None:
-            specs = check_specs(specs)
+            specs = check_specs(specs, bins)
             single_chunk = isinstance(L, int) and not isinstance(L, bool) and (L == 0 or L >= len(specs))
-            if single_chunk and len(specs) >= self.streaming_min_frames and self.runs_as_built():
-                return self.embed_source(SpectrogramArray(specs))
+            if single_chunk and len(specs) >= self.network.min_frames:
+                return self.embed_source(SpectrogramArray(specs, bins))
         device = self.device if forward is None else _device_of(forward, self._default_device)
         return embed_spectrogram(
             forward or self.forward(), specs, L, batch_size, min_length, device=device,
-            min_frames=self.network.min_frames,
+            min_frames=self.network.min_frames, bins=bins,
         )
 
     def embed_many(self, audios: Any, batch_size: int = 8) -> numpy.ndarray:
         """Embed many recordings; row ``i`` equals ``embed(audios[i])[0]`` within float32 rounding.
 
-        Recordings with the same number of frames are standardised one by one
-        and run together, at most ``batch_size`` (and about
-        :data:`MAX_BATCH_FRAMES` frames) at a time, without padding. A module
-        that does not run as built (train mode) embeds one recording per pass.
-        Long recordings are embedded one by one through :meth:`embed_source`.
+        Each recording enters through :meth:`source`. Recordings with the same
+        number of frames are standardised one by one and run together, at
+        most ``batch_size`` (and about :data:`MAX_BATCH_FRAMES` frames) at a
+        time, without padding. A module that does not run as built (train
+        mode) embeds one recording per pass. Recordings that stream
+        (:meth:`streams`) are embedded one by one through :meth:`embed_source`.
         Errors name the recording's index.
         """
         batch_size = whole_number("batch_size", batch_size, minimum=1)
@@ -194,27 +201,24 @@ class EmbeddingPipeline:
             audios = as_list("audios", audios, "(rate, samples) pairs")
         if len(audios) == 0:
             return numpy.zeros((0, self.network.embedding_dim), dtype=numpy.float32)
+        sources = [_indexed(index, self.source, audio) for index, audio in enumerate(audios)]
         groups: Dict[int, List[int]] = {}
-        for index, audio in enumerate(audios):
-            groups.setdefault(_indexed(index, self.frame_count, audio), []).append(index)
+        for index, source in enumerate(sources):
+            groups.setdefault(source.n_frames, []).append(index)
         result: List[Optional[numpy.ndarray]] = [None] * len(audios)
         as_built, forward = self.runs_as_built(), self.forward()
         for n_frames, members in groups.items():
-            if n_frames >= self.streaming_min_frames and as_built:
+            if self.streams(n_frames):
                 for index in members:
-                    result[index] = _indexed(index, self.embed, audios[index])[0]
+                    result[index] = _indexed(index, self.embed_source, sources[index])[0]
                 continue
             size = min(batch_size, max(1, MAX_BATCH_FRAMES // max(n_frames, 1))) if as_built else 1
             for start in range(0, len(members), size):
                 batch = members[start : start + size]
-                specs = [_indexed(i, self._whole_spectrogram, audios[i]) for i in batch]
+                specs = [sources[i].frames(0, n_frames) for i in batch]
                 for i, row in zip(batch, embed_chunks(forward, specs, self.device)):
                     result[i] = row
         return numpy.stack(result)
-
-    def _whole_spectrogram(self, audio: Any) -> numpy.ndarray:
-        source = self.source(audio)
-        return source.frames(0, source.n_frames)
 
 
 def _indexed(index: int, function: Callable, audio: Any) -> Any:

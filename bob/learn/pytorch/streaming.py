@@ -31,16 +31,7 @@ import torch
 
 from .architectures.utils import l2_normalize
 from .embedding import CHUNK_EPSILON, check_specs
-from .frontend import (
-    BOB_AP_FRONT_END,
-    INT16_SCALE,
-    FrontEnd,
-    check_finite,
-    check_magnitude,
-    mono_samples,
-    prepare_signal,
-    unpack_audio,
-)
+from .frontend import BOB_AP_FRONT_END, FrontEnd, checked_samples
 from .pretrained import PretrainedNetwork
 
 __all__ = [
@@ -146,10 +137,10 @@ class RunningMoments:
 
 
 class SpectrogramArray:
-    """Frame source over a spectrogram already in memory."""
+    """Frame source over a spectrogram already in memory, of ``bins`` frequency bins (the network's front end's)."""
 
-    def __init__(self, specs: Any) -> None:
-        self.specs = check_specs(specs)
+    def __init__(self, specs: Any, bins: int) -> None:
+        self.specs = check_specs(specs, bins)
         self.n_frames = self.specs.shape[0]
         self.width = self.specs.shape[1]
 
@@ -202,12 +193,12 @@ class SignalSpectrogram:
 
 
 def signal_source(audio: Any, front_end: FrontEnd = BOB_AP_FRONT_END, block_samples: int = 1 << 20) -> SignalSpectrogram:
-    """Validate ``(rate, samples)`` and wrap it as a frame source, without copying input at the front end's rate.
+    """Check ``(rate, samples)`` and wrap it as a frame source, without copying input at the front end's rate.
 
-    The checks and the ``2**15`` rule are those of
-    :func:`~bob.learn.pytorch.frontend.prepare_signal`, done
-    block by block. Other rates are resampled whole (FFT resampling needs the
-    whole signal), which takes memory proportional to the length.
+    The checks, the ``2**15`` rule and the resampling are
+    :func:`~bob.learn.pytorch.frontend.checked_samples`, done block by block.
+    Other rates are resampled whole (FFT resampling needs the whole signal),
+    which takes memory proportional to the length.
 
     Parameters
     ----------
@@ -222,39 +213,9 @@ def signal_source(audio: Any, front_end: FrontEnd = BOB_AP_FRONT_END, block_samp
     -------
     SignalSpectrogram
         The frame source; its ``n_samples`` and ``n_frames`` give the length.
-
-    Raises
-    ------
-    TypeError
-        If ``audio`` is not a ``(rate, samples)`` pair of numbers.
-    ValueError
-        If the rate is invalid or the samples are empty, multi-channel, not
-        finite or absurdly large.
     """
-    rate, samples = unpack_audio(audio)
-    if rate != front_end.sample_rate:
-        return SignalSpectrogram(prepare_signal(audio, front_end.sample_rate), 1.0, front_end)
-    samples = mono_samples(samples)
-    peak = 0.0
-    for start in range(0, len(samples), block_samples):
-        peak = max(peak, _peak_magnitude(samples[start : start + block_samples]))
-    check_magnitude(peak)
-    return SignalSpectrogram(samples, INT16_SCALE if peak < 1 else 1.0, front_end)
-
-
-def _peak_magnitude(block: numpy.ndarray) -> float:
-    """Largest ``|sample|`` of a non-empty block, exactly, without a temporary copy.
-
-    Raises ``ValueError`` (from :func:`check_finite`) if the block holds NaN
-    or infinite samples: NumPy's ``max`` and ``min`` propagate NaN, so both are
-    finite only when every sample is.
-    """
-    if block.dtype.kind == "f":
-        high, low = float(block.max()), float(block.min())
-        if not (numpy.isfinite(high) and numpy.isfinite(low)):
-            check_finite(block)
-        return max(high, -low)
-    return float(max(int(block.max()), -int(block.min())))  # Python ints: -(-32768) fits
+    samples, scale = checked_samples(audio, front_end.sample_rate, block_samples)
+    return SignalSpectrogram(samples, scale, front_end)
 
 
 def column_statistics(source: Any, block_frames: int = STATISTICS_BLOCK_FRAMES) -> Tuple[numpy.ndarray, numpy.ndarray]:

@@ -11,7 +11,6 @@ import os
 import signal
 import sys
 import threading
-from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import clapper.logging
@@ -19,10 +18,10 @@ import click
 import torch
 from clapper.click import AliasedGroup, verbosity_option
 
-from .. import atomic, devices, pretrained, runtimes, settings, weights
+from .. import atomic, devices, outputs, pretrained, runtimes, settings, weights
 from ..errors import CheckpointError, ModelDownloadError, RuntimeBuildError, SettingsError
+from ..inputs import AudioInput, Embedded, Failure, collect_inputs, embed_inputs
 from ..preprocessor.audio import EmbeddingExtractor
-from . import extract as extraction
 
 logger = logging.getLogger("bob.learn.pytorch")
 
@@ -267,7 +266,10 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
 
 @pytorch.command("extract-audio")
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
-@output_option("Output file: .h5/.hdf5 (one dataset per recording), .npy (rows, plus <name>.rows.csv) or .csv.")
+@output_option(
+    "Output file: .h5/.hdf5 (one dataset per recording), .npy (one record per row: name, chunk, source, "
+    "embedding) or .csv."
+)
 @model_options
 @whole_number_option(
     "--chunk-length",
@@ -323,17 +325,21 @@ def extract_audio(
     record = chosen_network(network, use_res)
     check_chunk_length(chunk_length, record)
     try:
-        extraction.output_format(output)
-        items, problems = extraction.collect_inputs(inputs)
-        extraction.check_names(items, output)
+        outputs.output_format(output)
+        items, problems = collect_inputs(inputs)
+        items, unnamed = outputs.check_names(items, output)
     except ValueError as error:  # unknown output suffix or two recordings with one name
         raise click.UsageError(_one_line(error)) from None
+    problems += unnamed
     report_failures(problems)
     if not items:
         raise click.ClickException("no recording to embed")
     parse_device(device)
     check_backend(backend)
-    created = check_output_folder(output)
+    try:
+        created = outputs.prepare_output(output)
+    except OSError as error:
+        raise click.ClickException(_one_line(error)) from None
     try:
         _extract_and_write(items, problems, output, model_file, record, device, trust_checkpoint, backend,
                            chunk_length, batch_size, quiet)
@@ -343,8 +349,8 @@ def extract_audio(
 
 
 def _extract_and_write(
-    items: Sequence[extraction.AudioInput],
-    problems: Sequence[extraction.Failure],
+    items: Sequence[AudioInput],
+    problems: Sequence[Failure],
     output: str,
     model_file: Optional[str],
     record: pretrained.PretrainedNetwork,
@@ -361,7 +367,7 @@ def _extract_and_write(
     results, failures = run_extraction(extractor, items, chunk_length, batch_size, show_progress=_interactive(quiet))
     if results:
         try:
-            written = extraction.write_output(results, output, attributes)
+            written = outputs.write_output(results, output, attributes)
         except (OSError, ValueError) as error:
             raise click.ClickException(f"cannot write {output}: {_one_line(error)}") from None
         if not quiet:
@@ -374,36 +380,12 @@ def _extract_and_write(
         raise click.ClickException(f"{failed} of {failed + len(results)} inputs failed ({kept})")
 
 
-def rehearse_output(items: Sequence[extraction.AudioInput], output: str, attributes: dict, width: int) -> None:
-    """Stop before any work if the final write would fail (see :func:`extract.rehearse_output`)."""
+def rehearse_output(items: Sequence[AudioInput], output: str, attributes: dict, width: int) -> None:
+    """Stop before any work if the final write would fail (see :func:`bob.learn.pytorch.outputs.rehearse_output`)."""
     try:
-        extraction.rehearse_output(items, output, attributes, width)
+        outputs.rehearse_output(items, output, attributes, width)
     except (OSError, ValueError, TypeError) as error:  # UnicodeEncodeError is a ValueError
         raise click.ClickException(f"cannot write {output}: {_one_line(error)} (nothing was embedded)") from None
-
-
-def check_output_folder(output: str) -> List[Path]:
-    """Create the output's folder and check that it is writable, before any work is done.
-
-    Returns the folders created, for :func:`~bob.learn.pytorch.atomic.remove_empty_folders`.
-    """
-    folder = os.path.dirname(os.path.abspath(output))
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise click.ClickException(f"cannot write {output}: {folder} is a file, not a folder")
-    try:
-        created = atomic.make_folders(folder)
-    except OSError as error:
-        raise click.ClickException(f"cannot create the output folder {folder}: {error.strerror}") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        atomic.remove_empty_folders(created)
-        raise click.ClickException(f"cannot write to the output folder {folder}")
-    for target in extraction.output_files(output):
-        reason = atomic.not_regular_file_reason(target)
-        if reason:
-            atomic.remove_empty_folders(created)
-            which = "it" if str(target) == output else f"its row table {target}"
-            raise click.ClickException(f"cannot write {output}: {which} is {reason}")
-    return created
 
 
 def _interactive(quiet: bool) -> bool:
@@ -412,17 +394,17 @@ def _interactive(quiet: bool) -> bool:
 
 def run_extraction(
     extractor: EmbeddingExtractor,
-    items: Sequence[extraction.AudioInput],
+    items: Sequence[AudioInput],
     chunk_length: int,
     batch_size: int,
     show_progress: bool,
-) -> Tuple[List[extraction.Embedded], List[extraction.Failure]]:
+) -> Tuple[List[Embedded], List[Failure]]:
     """Embed ``items``, reporting each failure on stderr; returns ``(results, failures)``."""
-    results: List[extraction.Embedded] = []
-    failures: List[extraction.Failure] = []
+    results: List[Embedded] = []
+    failures: List[Failure] = []
     with progress_reporter(len(items), show_progress, "Embedding") as advance:
-        for outcome in extraction.embed_inputs(extractor, items, chunk_length, batch_size, on_progress=advance):
-            if isinstance(outcome, extraction.Failure):
+        for outcome in embed_inputs(extractor, items, chunk_length, batch_size, on_progress=advance):
+            if isinstance(outcome, Failure):
                 failures.append(outcome)
                 if not show_progress:
                     report_failures([outcome])
@@ -433,7 +415,7 @@ def run_extraction(
     return results, failures
 
 
-def report_failures(failures: Sequence[extraction.Failure]) -> None:
+def report_failures(failures: Sequence[Failure]) -> None:
     """One line per failed input on stderr: ``error: <input>: <reason>``."""
     for failure in failures:
         click.echo(f"error: {failure.source}: {failure.reason}", err=True)
@@ -637,7 +619,7 @@ def demo(
       bob pytorch demo
       bob pytorch demo --model /path/to/drn34.pth.tar -o demo-output
     """
-    from . import demo as demo_module
+    from .. import demo as demo_module
 
     extractor = load_extractor(model_file, chosen_network(network, use_res), device, trust_checkpoint)
     try:

@@ -11,6 +11,7 @@ from .conftest import SPEECH
 #: Embedding tolerance (data/README.md, "Tolerances").
 ATOL = 1e-5
 MIN_FRAMES = pretrained.get("dltresnet34").min_frames
+BINS = pretrained.get("dltresnet34").front_end.bins
 
 
 def speech(name):
@@ -30,4 +31,4 @@ def whole_spectrogram(audio):
 
 def eager_embedding(network, specs, L=0, batch_size=1, min_length=30):
     """The plain computation: the eager network through the original's chunking."""
-    return embed_spectrogram(network, specs, L, batch_size, min_length, min_frames=MIN_FRAMES)
+    return embed_spectrogram(network, specs, L, batch_size, min_length, min_frames=MIN_FRAMES, bins=BINS)

@@ -26,7 +26,7 @@ from bob.learn.pytorch.weights import (
     resolve_sha256,
 )
 from bob.learn.pytorch import pretrained
-from bob.learn.pytorch.script import extract
+from bob.learn.pytorch import inputs
 from bob.learn.pytorch.script.pytorch import pytorch
 
 from .conftest import SPEECH, toy_network, toy_record
@@ -201,7 +201,7 @@ def _linked_folders(folder):
     shutil.copy(OTHER_WAV, folder / "elsewhere" / "b.wav")
     (folder / "corpus" / "linked").symlink_to(folder / "elsewhere")
     (folder / "corpus" / "real" / "loop").symlink_to(folder / "corpus")
-    items, problems = extract.collect_inputs([str(folder / "corpus")])
+    items, problems = inputs.collect_inputs([str(folder / "corpus")])
     return ", ".join(item.name for item in items) + (f" ({len(problems)} problems)" if problems else "")
 
 
@@ -210,7 +210,7 @@ def _list_file(folder):
         shutil.copy(WAV, folder / name)
     lines = ["# recordings", "a.wav   # first", "take#2.wav", "\\ lead.wav"]
     (folder / "list.txt").write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode())
-    items, problems = extract.collect_inputs([str(folder / "list.txt")])
+    items, problems = inputs.collect_inputs([str(folder / "list.txt")])
     return "names " + ", ".join(item.name for item in items) + (f" ({len(problems)} problems)" if problems else "")
 
 
@@ -243,6 +243,86 @@ def _unpicklable_impostor(folder):
     torch.save({"state_dict": toy_network().state_dict()}, weights)
     record = toy_record(name="resnet34", architecture=lambda **kwargs: toy_network(**kwargs))
     return pickle.dumps(AudioEmbeddingTransformer(EmbeddingExtractor(record, weights, backend="eager")))
+def _disk_filled_during_the_work(folder, drn_file, monkeypatch):
+    import subprocess
+
+    import pytest
+
+    from bob.learn.pytorch.script import pytorch as cli
+
+    disk = folder / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    embed = cli.run_extraction
+
+    def embed_then_fill(*args, **kwargs):
+        found = embed(*args, **kwargs)
+        with open(disk / "filler", "wb", buffering=0) as handle:
+            try:
+                while True:
+                    handle.write(b"\0" * 4096)
+            except OSError:
+                pass
+        return found
+
+    monkeypatch.setattr(cli, "run_extraction", embed_then_fill)
+    try:
+        (disk / "o.h5").write_bytes(b"previous")
+        status, errors = _extract(WAV, "-o", disk / "o.h5", "--model", drn_file, "--backend", "eager")
+        kept = (disk / "o.h5").read_bytes() == b"previous"
+        return status, errors if kept else "previous output lost"
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def _npy_output(folder, drn_file):
+    status, errors = _extract(WAV, OTHER_WAV, "-o", folder / "o.npy", "--model", drn_file, "--backend", "eager")
+    records = numpy.load(folder / "o.npy", allow_pickle=False)
+    files = sorted(path.name for path in folder.iterdir())
+    return f"{'one file' if files == ['o.npy'] and status == 0 else files}: fields {', '.join(records.dtype.names)}"
+
+
+def _planted_link(folder, drn_file):
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("planting a link of another user needs root")
+    shared = folder / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    victim = folder / "root-only"
+    victim.write_text("root's")
+    (shared / "o.h5").symlink_to(victim)
+    os.lchown(shared / "o.h5", 54321, 54321)
+    status, errors = _extract(WAV, "-o", shared / "o.h5", "--model", drn_file)
+    return status, errors if victim.read_text() == "root's" else "the link was followed"
+
+
+def _dot_dot_wav(folder, drn_file):
+    (folder / "rec").mkdir()
+    shutil.copy(WAV, folder / "rec" / "..wav")
+    shutil.copy(OTHER_WAV, folder / "rec" / "b.wav")
+    status, errors = _extract(folder / "rec", "-o", folder / "o.h5", "--model", drn_file, "--backend", "eager")
+    return status, errors + ("" if (folder / "o.h5").exists() else " (nothing written)")
+
+
+def _too_long_input(folder, drn_file):
+    deep = os.path.join(str(folder), *["d" * 200] * (os.pathconf("/", "PC_PATH_MAX") // 200 + 1), "x.wav")
+    return _extract(deep, WAV, "-o", folder / "o.h5", "--model", drn_file, "--backend", "eager")
+
+
+def _cut_short_wav(folder, drn_file):
+    content = WAV.read_bytes()
+    (folder / "cut.wav").write_bytes(content[: len(content) // 2])
+    return _extract(folder / "cut.wav", OTHER_WAV, "-o", folder / "o.h5", "--model", drn_file, "--backend", "eager")
+
+
+def _wrong_riff_size(folder):
+    content = WAV.read_bytes()
+    (folder / "x.wav").write_bytes(content[:4] + (len(content)).to_bytes(4, "little") + content[8:])
+    return inputs.read_wav(folder / "x.wav")
 
 
 def cases(tmp_path: Path, drn_file: Path, home: Path, server, monkeypatch) -> dict:
@@ -295,4 +375,12 @@ def cases(tmp_path: Path, drn_file: Path, home: Path, server, monkeypatch) -> di
         "``extract-audio --device meta``": lambda: _extract(WAV, "-o", folder / "o.h5", "--model", drn_file, "-d", "meta"),
         "folder holding a symbolic link": lambda: _linked_folders(folder),
         "list file with a byte-order mark": lambda: _list_file(folder),
+        "``extract-audio`` to HDF5 on a disk that fills up": lambda: _disk_filled_during_the_work(folder, drn_file, monkeypatch),
+        "``extract-audio`` to ``.npy``": lambda: _npy_output(folder, drn_file),
+        "``extract-audio`` as root to an output that is a symbolic link planted": lambda: _planted_link(folder, drn_file),
+        "``extract-audio`` with a file named ``..wav``": lambda: _dot_dot_wav(folder, drn_file),
+        "``extract-audio`` with an input path longer": lambda: _too_long_input(folder, drn_file),
+        "``extract-audio`` with an output name longer": lambda: _extract(WAV, "-o", folder / ("o" * 300 + ".h5")),
+        "``extract-audio`` with a WAV file cut short": lambda: _cut_short_wav(folder, drn_file),
+        "WAV file whose RIFF size is wrong": lambda: _wrong_riff_size(folder),
     }

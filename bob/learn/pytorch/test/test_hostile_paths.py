@@ -15,7 +15,7 @@ from bob.learn.pytorch.download import DownloadOptions, download_model
 from bob.learn.pytorch.weights import ensure_model_file
 from bob.learn.pytorch.preprocessor.audio import DltResNetExtractor
 from bob.learn.pytorch import pretrained
-from bob.learn.pytorch.script import extract
+from bob.learn.pytorch import inputs
 from bob.learn.pytorch.script.pytorch import pytorch
 
 from .conftest import SPEECH
@@ -113,7 +113,7 @@ def test_a_fifo_given_as_input_is_reported_without_being_opened(tmp_path, drn_fi
 
 def test_a_device_given_as_input_is_reported_without_being_read():
     with pytest.raises(ValueError, match=r"not a regular file \(a character device\)"):
-        extract.read_wav("/dev/zero")  # reading it would never end
+        inputs.read_wav("/dev/zero")  # reading it would never end
 
 
 def test_symbolic_links_to_folders_are_followed_with_a_loop_guard(tmp_path, caplog):
@@ -125,24 +125,27 @@ def test_symbolic_links_to_folders_are_followed_with_a_loop_guard(tmp_path, capl
     shutil.copy(SPEECH / GOOD[1], elsewhere / "b.wav")
     (root / "linked").symlink_to(elsewhere)
     (root / "real" / "loop").symlink_to(root)
-    with caplog.at_level(logging.WARNING, logger="bob.learn.pytorch.script.extract"):
-        items, problems = extract.collect_inputs([str(root)])
+    with caplog.at_level(logging.WARNING, logger="bob.learn.pytorch.inputs"):
+        items, problems = inputs.collect_inputs([str(root)])
     assert [item.name for item in items] == ["linked/b", "real/a"]
     assert problems == []
     assert any(f"{root / 'real' / 'loop'} is {root} again" in record.getMessage() for record in caplog.records)
 
 
-def test_broken_links_and_special_files_in_a_folder_are_reported(tmp_path):
+def test_broken_links_and_special_files_in_a_folder_are_reported_when_read(tmp_path, drn_file):
     root = tmp_path / "corpus"
     root.mkdir()
     shutil.copy(SPEECH / GOOD[0], root / "a.wav")
     (root / "gone.wav").symlink_to(tmp_path / "nowhere.wav")
     os.mkfifo(root / "pipe.wav")
-    items, problems = extract.collect_inputs([str(root)])
-    assert [item.name for item in items] == ["a"]
-    assert problems == [
-        extract.Failure(str(root / "gone.wav"), "a broken symbolic link: skipped"),
-        extract.Failure(str(root / "pipe.wav"), "not a regular file (a FIFO (named pipe)): skipped"),
+    items, problems = inputs.collect_inputs([str(root)])
+    assert [item.name for item in items] == ["a", "gone", "pipe"] and problems == []
+    result = run("extract-audio", root, "-o", tmp_path / "o.h5", "--model", drn_file)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"error: {root / 'gone.wav'}: a broken symbolic link",
+        f"error: {root / 'pipe.wav'}: not a regular file (a FIFO (named pipe)); give WAV files as regular files",
+        "Error: 2 of 3 inputs failed (1 written)",
     ]
 
 
@@ -153,7 +156,7 @@ def test_an_unreadable_sub_folder_is_reported(tmp_path):
     shutil.copy(SPEECH / GOOD[0], root / "a.wav")
     (root / "locked").chmod(0)
     try:
-        items, problems = extract.collect_inputs([str(root)])
+        items, problems = inputs.collect_inputs([str(root)])
     finally:
         (root / "locked").chmod(0o755)
     assert [item.name for item in items] == ["a"]
@@ -169,7 +172,7 @@ def test_list_files_with_a_byte_order_mark_hashes_and_spaces(tmp_path):
     listing = tmp_path / "list.txt"
     lines = ["# a comment", "  a.wav   # trailing comment", "take#2.wav", r"\ lead.wav", r"trail\ .wav", r"\#first.wav", ""]
     listing.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode("utf-8"))
-    items, problems = extract.collect_inputs([str(listing)])
+    items, problems = inputs.collect_inputs([str(listing)])
     assert problems == []
     assert [item.path for item in items] == [tmp_path / name for name in ("a.wav", "take#2.wav", " lead.wav", "trail .wav", "#first.wav")]
     assert [item.name for item in items] == ["a", "take#2", " lead", "trail ", "#first"]
@@ -178,5 +181,5 @@ def test_list_files_with_a_byte_order_mark_hashes_and_spaces(tmp_path):
 def test_a_list_file_that_is_a_fifo_is_reported_without_being_opened(tmp_path):
     fifo = tmp_path / "list.txt"
     os.mkfifo(fifo)
-    items, problems = extract.collect_inputs([str(fifo)])
-    assert items == [] and problems == [extract.Failure(str(fifo), "list file is not a regular file (a FIFO (named pipe))")]
+    items, problems = inputs.collect_inputs([str(fifo)])
+    assert items == [] and problems == [inputs.Failure(str(fifo), "list file is not a regular file (a FIFO (named pipe))")]

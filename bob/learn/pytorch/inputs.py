@@ -1,37 +1,47 @@
-"""The work behind ``bob pytorch extract-audio``: find inputs, embed them, write one output file.
+"""Recordings given as files: finding them, reading them, embedding each one or saying why not.
 
-Kept apart from the click commands so that each step can be tested and
-reused (the demo uses the same functions). Nothing here prints: failures are
-returned as :class:`Failure` records and the command decides how to report them.
+The command line (``bob pytorch extract-audio``) and the demo take their
+recordings from here. Nothing here prints: an input that gives no embedding
+becomes a :class:`Failure` record (the file and one line of reason), and the
+caller decides how to report it.
+
+Each fact about a file is checked once, where the file is read
+(:func:`read_wav`): whether it exists, whether it is a regular file, whether
+its WAV header agrees with its length. Finding inputs (:func:`collect_inputs`)
+only lists names.
 """
-import contextlib
-import csv
+import errno
 import logging
 import os
+import stat
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
-import h5py
 import numpy
 import scipy.io.wavfile
 
-from ..atomic import not_regular_file_reason, replacing, temporary_name
-from ..io import utf8_encodable
-from ..preprocessor.audio import EmbeddingExtractor
+from .io import utf8_encodable
 
 __all__ = [
-    "AudioInput", "Failure", "Embedded", "InputConflict",
-    "collect_inputs", "read_wav", "embed_inputs", "check_names", "rehearse_output", "write_output",
+    "AudioInput",
+    "Failure",
+    "Embedded",
+    "InputConflict",
+    "LIST_SUFFIXES",
+    "collect_inputs",
+    "file_problem",
+    "wav_length_problem",
+    "read_wav",
+    "embed_inputs",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: Suffixes of files read as lists of recordings (one path per line).
 LIST_SUFFIXES = (".txt", ".lst", ".list")
-#: Output suffixes and the format each one selects.
-OUTPUT_FORMATS = {".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5", ".npy": "npy", ".csv": "csv"}
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -76,6 +86,51 @@ class InputConflict(ValueError):
     """Two different recordings would be stored under the same name."""
 
 
+# -- one check of a path ------------------------------------------------------------------------
+
+
+def _kind(mode: int) -> str:
+    kinds = {
+        stat.S_ISDIR: "a folder",
+        stat.S_ISCHR: "not a regular file (a character device)",
+        stat.S_ISBLK: "not a regular file (a block device)",
+        stat.S_ISFIFO: "not a regular file (a FIFO (named pipe))",
+        stat.S_ISSOCK: "not a regular file (a socket)",
+    }
+    return next((name for test, name in kinds.items() if test(mode)), "not a regular file (a special file)")
+
+
+def _too_long(path: str) -> str:
+    longest = max((len(os.fsencode(part)) for part in Path(path).parts), default=0)
+    name_max = os.pathconf("/", "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+    if longest > name_max:
+        return f"file name too long (a name of {longest} bytes; the system allows {name_max})"
+    return f"file name too long (a path of {len(os.fsencode(path))} bytes; the system allows {os.pathconf('/', 'PC_PATH_MAX')})"
+
+
+def file_problem(path: PathLike) -> str:
+    """Why ``path`` cannot be read as a file: ``""`` when it is a regular file (links followed).
+
+    >>> file_problem("/dev/null"), file_problem("/no/such/file.wav")
+    ('not a regular file (a character device)', 'no such file')
+    """
+    path = os.fspath(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        if error.errno == errno.ENAMETOOLONG:
+            return _too_long(path)
+        if error.errno == errno.ELOOP:
+            return "not a regular file (a loop of symbolic links)"
+        if error.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "a broken symbolic link" if os.path.lexists(path) else "no such file"
+        return error.strerror or str(error)
+    return "" if stat.S_ISREG(mode) else _kind(mode)
+
+
+# -- finding inputs -----------------------------------------------------------------------------
+
+
 def _name_from_relative(relative: str) -> str:
     """``sub/dir/x.wav`` → ``sub/dir/x``; ``..`` and leading separators are dropped."""
     parts = [part for part in PurePosixPath(relative.replace(os.sep, "/")).parts if part not in ("/", ".", "..")]
@@ -95,9 +150,9 @@ def _wav_files_under(folder: Path) -> Tuple[List[Path], List[Failure]]:
     """The ``.wav`` entries under ``folder``, in sorted order, following symbolic links to folders.
 
     A folder reached a second time (a link loop, or two links to one folder)
-    is searched once, with a warning; a sub-folder that cannot be read, and a
-    ``.wav`` entry that is not a regular file (a FIFO, a device, a broken
-    link), is reported.
+    is searched once, with a warning; a sub-folder that cannot be read is
+    reported. Entries are only listed: what they are is checked when they are
+    read (:func:`read_wav`).
     """
     found: List[Path] = []
     problems: List[Failure] = []
@@ -105,11 +160,12 @@ def _wav_files_under(folder: Path) -> Tuple[List[Path], List[Failure]]:
 
     def walk(current: Path) -> None:
         try:
-            identity = (current.stat().st_dev, current.stat().st_ino)
+            status = current.stat()
             entries = sorted(os.scandir(current), key=lambda entry: entry.name)
         except OSError as error:
             problems.append(Failure(str(current), f"cannot read folder: {error.strerror or error}"))
             return
+        identity = (status.st_dev, status.st_ino)
         if identity in seen:
             logger.warning("%s is %s again (a symbolic link loop or a second link): searched once", current, seen[identity])
             return
@@ -119,11 +175,7 @@ def _wav_files_under(folder: Path) -> Tuple[List[Path], List[Failure]]:
             if entry.is_dir():  # follows symbolic links
                 walk(path)
             elif _is_wav(entry.name):
-                reason = not_regular_file_reason(path) if os.path.exists(path) else "a broken symbolic link"
-                if reason:
-                    problems.append(Failure(str(path), f"{reason}: skipped"))
-                else:
-                    found.append(path)
+                found.append(path)
 
     walk(folder)
     return found, problems
@@ -169,16 +221,16 @@ def _entries_of_list(list_file: Path) -> List[str]:
 
 def _expand(argument: str) -> Tuple[List[AudioInput], List[Failure]]:
     path = Path(argument)
-    if path.is_dir():
+    problem = file_problem(path)
+    if problem == "a folder":
         wavs, problems = _wav_files_under(path)
         found = [AudioInput(_name_from_relative(str(wav.relative_to(path))), wav) for wav in wavs]
         if not found and not problems:
             return [], [Failure(argument, "folder holds no .wav file")]
         return found, problems
     if path.suffix.lower() in LIST_SUFFIXES:
-        if not path.is_file():
-            reason = not_regular_file_reason(path)
-            return [], [Failure(argument, f"list file is {reason}" if reason else "no such list file")]
+        if problem:
+            return [], [Failure(argument, _list_file_problem(problem))]
         try:
             entries = _entries_of_list(path)
         except (OSError, UnicodeDecodeError) as error:
@@ -188,6 +240,12 @@ def _expand(argument: str) -> Tuple[List[AudioInput], List[Failure]]:
         base = path.parent
         return [AudioInput(_name_from_relative(entry), base / entry) for entry in entries], []
     return [AudioInput(_name_from_relative(path.name), path)], []
+
+
+def _list_file_problem(problem: str) -> str:
+    if problem == "no such file":
+        return "no such list file"
+    return f"list file is {problem}" if problem.startswith(("a ", "not a ")) else f"list file: {problem}"
 
 
 def collect_inputs(arguments: Iterable[str]) -> Tuple[List[AudioInput], List[Failure]]:
@@ -205,8 +263,9 @@ def collect_inputs(arguments: Iterable[str]) -> Tuple[List[AudioInput], List[Fai
     inputs : list of AudioInput
         In argument order; a file reached twice is kept once.
     problems : list of Failure
-        Folders without recordings and unreadable list files. Files that do
-        not exist are reported later, when they are read.
+        Folders without recordings, unreadable list files, names that are
+        not UTF-8 text. Files that cannot be read are reported when they
+        are read (:func:`read_wav`).
 
     Raises
     ------
@@ -244,38 +303,90 @@ def collect_inputs(arguments: Iterable[str]) -> Tuple[List[AudioInput], List[Fai
     return inputs, problems
 
 
+# -- reading ------------------------------------------------------------------------------------
+
+
+def wav_length_problem(path: PathLike) -> str:
+    """What a RIFF/WAVE file's header says about its length that the file contradicts: ``""`` when nothing.
+
+    The chunks are walked from the RIFF header on: each must fit in the file,
+    and together they must end where the file ends and where the RIFF size
+    says (a missing pad byte after an odd-sized last chunk is tolerated). A
+    ``data`` chunk declaring more bytes than follow it (a truncated copy), or
+    fewer (samples left over after it), or a wrong RIFF size is a
+    contradiction. Files that are not RIFF/WAVE are left to the WAV reader.
+    """
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        header = handle.read(12)
+        if len(header) < 12 or header[:4] not in (b"RIFF", b"RIFX") or header[8:12] != b"WAVE":
+            return ""
+        order = "<" if header[:4] == b"RIFF" else ">"
+        riff_end = 8 + struct.unpack(order + "I", header[4:8])[0]
+        offset, odd, data_size = 12, False, None
+        while offset + 8 <= size:
+            handle.seek(offset)
+            chunk_id, chunk_size = struct.unpack(order + "4sI", handle.read(8))
+            if offset + 8 + chunk_size > size:
+                if chunk_id == b"data":
+                    held = size - offset - 8
+                    return f"its header declares {chunk_size} bytes of samples but the file holds {held} after it"
+                break
+            data_size = chunk_size if chunk_id == b"data" else data_size
+            odd = bool(chunk_size & 1)
+            offset += 8 + chunk_size + odd
+    ends = (size,) + ((size + 1,) if odd else ())
+    if offset not in ends:
+        declared = "" if data_size is None else f" (its data chunk declares {data_size} bytes of samples)"
+        return f"{size - offset} bytes after its last chunk are not a WAV chunk{declared}"
+    if riff_end not in ends:
+        return f"its header gives a length of {riff_end} bytes but the file has {size}"
+    return ""
+
+
 def read_wav(path: PathLike) -> Tuple[int, numpy.ndarray]:
     """Read a WAV file as ``(rate, samples)`` with :func:`scipy.io.wavfile.read`.
 
     Raises
     ------
     FileNotFoundError
-        If there is no such file (or a folder, or a broken link).
+        If there is no such file (or a folder, or a broken link), or its name
+        is too long for the system.
     ValueError
         If the path is not a regular file (a FIFO, a device, a socket: never
-        opened, since reading one may never end), or the file is not a WAV
-        file scipy can read. scipy's parser meets a
-        damaged header with whatever error it runs into (``struct.error``,
+        opened, since reading one may never end), the file is not a WAV file
+        scipy can read, or its header contradicts its length (a truncated
+        copy, or a header not updated after writing:
+        :func:`wav_length_problem`). scipy's parser meets a damaged header
+        with whatever error it runs into (``struct.error``,
         ``ZeroDivisionError``, ``UnboundLocalError``...); all become this one.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        if not os.path.lexists(path):
-            raise FileNotFoundError("no such file")
-        if not os.path.exists(path):
-            raise FileNotFoundError("a broken symbolic link")
-        if os.path.isdir(path):
-            raise FileNotFoundError("a folder, not a WAV file")
-        raise ValueError(f"{not_regular_file_reason(path)}; give WAV files as regular files")
+    problem = file_problem(path)
+    if problem == "a folder":
+        raise FileNotFoundError("a folder, not a WAV file")
+    if problem.startswith("not a regular file"):
+        raise ValueError(f"{problem}; give WAV files as regular files")
+    if problem:
+        raise FileNotFoundError(problem)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", scipy.io.wavfile.WavFileWarning)
             rate, samples = scipy.io.wavfile.read(path)
+        contradiction = wav_length_problem(path)
     except (ValueError, EOFError, OSError) as error:
         raise ValueError(f"not a readable WAV file ({error})") from None
     except Exception as error:  # noqa: BLE001 - a damaged header, met by scipy's parser as it comes
         raise ValueError(f"not a readable WAV file (damaged header: {type(error).__name__}: {error})") from None
+    if contradiction:
+        raise ValueError(
+            f"WAV header contradicts the file's length: {contradiction} (a truncated or damaged file); "
+            "repair or re-export it, e.g. 'sox in.wav out.wav'"
+        )
     return int(rate), samples
+
+
+# -- embedding ----------------------------------------------------------------------------------
 
 
 def _one_line(error: BaseException) -> str:
@@ -285,16 +396,14 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
-def _embed_one(extractor: EmbeddingExtractor, audio: Tuple[int, numpy.ndarray], chunk_length: int, batch_size: int):
+def _embed_one(extractor, audio: Tuple[int, numpy.ndarray], chunk_length: int, batch_size: int) -> numpy.ndarray:
     if chunk_length == 0:
         return extractor(audio)
     specs = extractor.spectrogram(audio)
     return extractor.extract_embeddings(extractor.network, specs, chunk_length, batch_size)
 
 
-def _embed_group(
-    extractor: EmbeddingExtractor, loaded: List[Tuple[AudioInput, Tuple[int, numpy.ndarray]]], batch_size: int
-) -> Optional[numpy.ndarray]:
+def _embed_group(extractor, loaded: List[Tuple[AudioInput, Tuple[int, numpy.ndarray]]], batch_size: int) -> Optional[numpy.ndarray]:
     """Rows of a whole group through ``embed_many``, or None if any recording fails."""
     try:
         return extractor.embed_many([audio for _, audio in loaded], batch_size=batch_size)
@@ -304,7 +413,7 @@ def _embed_group(
 
 
 def embed_inputs(
-    extractor: EmbeddingExtractor,
+    extractor,
     inputs: Sequence[AudioInput],
     chunk_length: int = 0,
     batch_size: int = 8,
@@ -320,7 +429,7 @@ def embed_inputs(
         The recordings.
     chunk_length : int
         0 for one embedding per recording; otherwise the chunk length ``L``
-        in frames (at least 37) and one row per chunk.
+        in frames (at least the network's ``min_frames``) and one row per chunk.
     batch_size : int
         Recordings per forward pass (chunks per pass when ``chunk_length`` > 0).
     on_progress : callable, optional
@@ -357,168 +466,3 @@ def embed_inputs(
 
 def _length(audio: Tuple[int, numpy.ndarray]) -> int:
     return int(numpy.shape(audio[1])[0]) if numpy.ndim(audio[1]) else 0
-
-
-def output_format(path: PathLike) -> str:
-    """``"hdf5"``, ``"npy"`` or ``"csv"`` from the output file's suffix.
-
-    Raises
-    ------
-    ValueError
-        For any other suffix.
-    """
-    suffix = Path(path).suffix.lower()
-    if suffix not in OUTPUT_FORMATS:
-        known = ", ".join(OUTPUT_FORMATS)
-        raise ValueError(f"cannot tell the output format from '{suffix or Path(path).name}'; use one of {known}")
-    return OUTPUT_FORMATS[suffix]
-
-
-def rows_table_path(npy_path: PathLike) -> Path:
-    """The CSV beside an ``.npy`` output naming its rows (``x.npy`` → ``x.rows.csv``)."""
-    path = Path(npy_path)
-    return path.with_name(path.stem + ".rows.csv")
-
-
-def _write_hdf5(results: Sequence[Embedded], target: Path, attributes: dict) -> None:
-    with h5py.File(target, "w") as hdf5:
-        for key, value in attributes.items():
-            hdf5.attrs[key] = value
-        for result in results:
-            dataset = hdf5.create_dataset(result.item.name, data=result.rows)
-            dataset.attrs["source"] = os.path.abspath(result.item.path)
-            dataset.attrs["sample_rate"] = result.rate
-            dataset.attrs["duration_s"] = result.n_samples / result.rate if result.rate else 0.0
-
-
-def _row_labels(results: Sequence[Embedded]) -> Iterator[Tuple[str, int, str]]:
-    for result in results:
-        for chunk in range(len(result.rows)):
-            yield result.item.name, chunk, os.path.abspath(result.item.path)
-
-
-def _write_csv(results: Sequence[Embedded], target: Path) -> None:
-    width = results[0].rows.shape[1]
-    with open(target, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["name", "chunk"] + [f"e{i}" for i in range(width)])
-        rows = (row for result in results for row in result.rows)
-        for (name, chunk, _), row in zip(_row_labels(results), rows):
-            writer.writerow([name, chunk] + [format(float(value), ".9g") for value in row])
-
-
-def _write_rows_table(results: Sequence[Embedded], target: Path) -> None:
-    with open(target, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["row", "name", "chunk", "source"])
-        for row, (name, chunk, source) in enumerate(_row_labels(results)):
-            writer.writerow([row, name, chunk, source])
-
-
-def output_files(path: PathLike) -> List[Path]:
-    """The files an output writes: ``path``, plus its row table for ``.npy``."""
-    target = Path(path)
-    return [target] + ([rows_table_path(target)] if output_format(target) == "npy" else [])
-
-
-def check_names(items: Sequence[AudioInput], path: PathLike) -> None:
-    """Refuse names that the output at ``path`` cannot hold side by side.
-
-    In HDF5 a name is a dataset and each of its ``/``-separated prefixes a
-    group, so ``sub`` (from ``sub.wav``) and ``sub/x`` (from ``sub/x.wav``)
-    cannot both be stored. CSV and ``.npy`` outputs hold names as text.
-
-    Raises
-    ------
-    InputConflict
-        Naming both inputs.
-    """
-    if output_format(path) != "hdf5":
-        return
-    by_name = {item.name: item for item in items}
-    for item in items:
-        parts = item.name.split("/")
-        for depth in range(1, len(parts)):
-            prefix = "/".join(parts[:depth])
-            if prefix in by_name:
-                raise InputConflict(
-                    f"'{prefix}' would be both a recording and a group of recordings in {path}: "
-                    f"{by_name[prefix].path} and {item.path}; rename one of them, or write a .csv or .npy output"
-                )
-
-
-def rehearse_output(
-    items: Sequence[AudioInput], path: PathLike, attributes: Optional[dict] = None, width: int = 128
-) -> None:
-    """Write the output once with placeholder rows to temporary files, then remove them.
-
-    Every cause of failure of the final :func:`write_output` that is knowable
-    before the embedding (names the format cannot hold, text that cannot be
-    encoded, a target that is not a regular file, a folder that cannot be
-    written) shows here, before hours of work instead of after.
-
-    Raises
-    ------
-    OSError, ValueError, TypeError
-        As :func:`write_output` would, naming the problem.
-    """
-    placeholders = [Embedded(item, numpy.zeros((1, width), numpy.float32), 16000, 16000) for item in items]
-    if not placeholders:
-        return
-    targets = output_files(path)
-    for target in targets:
-        reason = not_regular_file_reason(target)
-        if reason:
-            raise OSError(f"{target} is {reason}")
-    temporaries = [temporary_name(target) for target in targets]
-    try:
-        _write_files(placeholders, temporaries, output_format(path), attributes or {})
-    finally:
-        for temporary in temporaries:
-            if temporary.exists():
-                temporary.unlink()
-
-
-def _write_files(results: Sequence[Embedded], files: Sequence[Path], kind: str, attributes: dict) -> None:
-    if kind == "hdf5":
-        _write_hdf5(results, files[0], attributes)
-    elif kind == "csv":
-        _write_csv(results, files[0])
-    else:
-        with open(files[0], "wb") as handle:
-            numpy.save(handle, numpy.vstack([result.rows for result in results]).astype(numpy.float32))
-        _write_rows_table(results, files[1])
-
-
-def write_output(results: Sequence[Embedded], path: PathLike, attributes: Optional[dict] = None) -> List[Path]:
-    """Write the embeddings to ``path`` in the format its suffix names, atomically.
-
-    * ``.h5``/``.hdf5``/``.hdf``: one float32 dataset per input, named as the
-      input (``sub/x`` creates group ``sub``), with attributes ``source``,
-      ``sample_rate`` and ``duration_s``; ``attributes`` go on the file.
-    * ``.npy``: all rows stacked into one float32 ``(rows, D)`` array, plus
-      ``<stem>.rows.csv`` (``row,name,chunk,source``) saying which input
-      each row belongs to.
-    * ``.csv``: a header ``name,chunk,e0,...`` and one line per row.
-
-    Every file is written under a temporary name beside its target, flushed
-    and fsynced, and renamed into place only once all of them are complete
-    (see :mod:`bob.learn.pytorch.atomic` for permissions and symbolic links).
-
-    Returns
-    -------
-    list of pathlib.Path
-        The files written.
-
-    Raises
-    ------
-    ValueError
-        If ``results`` is empty or the suffix is unknown.
-    """
-    if not results:
-        raise ValueError("no embedding to write")
-    targets = output_files(path)
-    with contextlib.ExitStack() as stack:
-        temporaries = [stack.enter_context(replacing(each, what="embeddings")) for each in targets]
-        _write_files(results, temporaries, output_format(path), attributes or {})
-    return targets

@@ -13,14 +13,15 @@ from typing import List, Sequence
 
 import numpy
 
-from ..atomic import replacing
-from ..preprocessor.audio import EmbeddingExtractor
-from . import extract
+from .atomic import replacing
+from .inputs import AudioInput, Failure, embed_inputs
+from .outputs import write_output
+from .preprocessor.audio import EmbeddingExtractor
 
 __all__ = ["SPEECH_DIR", "Recording", "bundled_recordings", "cosine_similarity", "format_report", "run_demo"]
 
 #: Folder of the recordings shipped with the package.
-SPEECH_DIR = Path(__file__).resolve().parents[1] / "data" / "speech"
+SPEECH_DIR = Path(__file__).resolve().parent / "data" / "speech"
 
 
 @dataclass(frozen=True)
@@ -124,9 +125,9 @@ def run_demo(extractor: EmbeddingExtractor, output_dir: "os.PathLike[str] | str"
         If a bundled recording cannot be embedded.
     """
     recordings = bundled_recordings()
-    items = [extract.AudioInput(recording.name, recording.path) for recording in recordings]
-    results = list(extract.embed_inputs(extractor, items, batch_size=len(items)))
-    failed = [result for result in results if isinstance(result, extract.Failure)]
+    items = [AudioInput(recording.name, recording.path) for recording in recordings]
+    results = list(embed_inputs(extractor, items, batch_size=len(items)))
+    failed = [result for result in results if isinstance(result, Failure)]
     if failed:
         raise ValueError(f"cannot embed {failed[0].source}: {failed[0].reason}")
     embeddings = numpy.vstack([result.rows for result in results])
@@ -134,7 +135,7 @@ def run_demo(extractor: EmbeddingExtractor, output_dir: "os.PathLike[str] | str"
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     attributes = {"model": extractor.pretrained.title, "model_file": os.path.abspath(extractor.model_path), "chunk_length": 0}
-    extract.write_output(results, folder / "embeddings.h5", attributes)
+    write_output(results, folder / "embeddings.h5", attributes)
     _write_similarity_csv(recordings, similarity, folder / "similarity.csv")
     title = f"{extractor.pretrained.title} embeddings of {len(recordings)} recordings (model file {extractor.model_path})"
     footer = f"\nwrote {folder / 'embeddings.h5'} and {folder / 'similarity.csv'}"
