@@ -117,10 +117,12 @@ def loopback_only(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def isolated_settings(tmp_path, monkeypatch):
-    """Never read or write the real user settings: HOME, XDG_CONFIG_HOME and BOBRC point to tmp_path."""
+    """Never read or write the real user settings or cache: HOME, XDG_CONFIG_HOME, XDG_CACHE_HOME and BOBRC point to tmp_path."""
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+    monkeypatch.delenv("BOB_LEARN_PYTORCH_RUNTIME_CACHE", raising=False)
     monkeypatch.setenv("BOBRC", str(home / ".bobrc"))
     return home
