@@ -5,24 +5,49 @@ so ``bob pytorch --help`` lists the commands below; the package installs no
 ``bob`` script of its own. ``python -m bob.learn.pytorch.script.pytorch`` runs
 the same group without the ``bob`` command.
 """
+from __future__ import annotations  # annotations name classes of modules imported only when a command runs
+
 import contextlib
+import importlib.util
 import logging
 import os
 import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import clapper.logging
 import click
 import torch
 from clapper.click import AliasedGroup, verbosity_option
 
-from .. import atomic, devices, model_files, pretrained, runtimes, settings
-from ..errors import CheckpointError, ModelDownloadError, RuntimeBuildError, SettingsError
-from ..preprocessor.audio import EmbeddingExtractor
-from . import extract as extraction
+from .. import atomic, devices, export_cache, model_files, pretrained, runtimes, settings
+from ..errors import CheckpointError, ExportError, ModelDownloadError, RuntimeBuildError, SettingsError
+
+if TYPE_CHECKING:
+    from ..preprocessor.audio import EmbeddingExtractor
+
+
+def _imported_on_first_use(name: str) -> ModuleType:
+    """The module ``name``, executed when one of its attributes is first read (:class:`importlib.util.LazyLoader`).
+
+    The extractor and the recording reader import bob's pipeline stack (bob.bio.base, bob.pipelines, dask),
+    h5py and scipy's WAV reader: ``info``, ``export``, ``--help`` and the like need none of them.
+    """
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.loader is not None, name
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+extraction = _imported_on_first_use(f"{__package__}.extract")
 
 logger = logging.getLogger("bob.learn.pytorch")
 
@@ -102,6 +127,8 @@ def load_extractor(
 
     ``backend`` is passed on to the extractor (see :data:`BACKEND_CHOICES`).
     """
+    from ..preprocessor.audio import EmbeddingExtractor
+
     torch_device = parse_device(device)
     check_backend(backend)
     try:
@@ -463,12 +490,20 @@ def download_models(networks: Sequence[pretrained.PretrainedNetwork], trust_chec
     Each model goes where it resolves to (see ``bob pytorch info``): the
     network's path setting, else the package data folder. A file already
     there is kept; a missing one is downloaded, checked and moved into place.
+    With ONNX Runtime installed (the fast extra), each network's frame body
+    is then exported, checked against PyTorch and kept in the runtime cache,
+    so that later commands and pipeline workers of this machine (or of any
+    machine sharing the cache folder) skip the export.
 
     \b
     Example (the path setting's key is in 'bob pytorch info'):
       bob config set <path key of dltresnet34> /shared/models/drn34.pth.tar
       bob pytorch download-models dltresnet34
     """
+    try:
+        cache = export_cache.cache_location()
+    except SettingsError as error:
+        raise click.ClickException(_one_line(error)) from None
     failed = 0
     for record in networks or pretrained.records():
         try:
@@ -478,8 +513,32 @@ def download_models(networks: Sequence[pretrained.PretrainedNetwork], trust_chec
             click.echo(f"error: {record.title}: {_model_problem(error)}", err=True)
             continue
         click.echo(f"{record.title}: {path}")
+        try:
+            report = prepare_runtime(record, path, trust_checkpoint, cache)
+        except click.ClickException as error:
+            failed += 1
+            click.echo(f"error: {record.title}: {error.format_message()}", err=True)
+            continue
+        if report:
+            click.echo(f"  {report}")
     if failed:
         raise click.ClickException(f"{failed} model(s) could not be made available")
+
+
+def prepare_runtime(
+    record: pretrained.PretrainedNetwork, path: str, trust_checkpoint: bool, cache: export_cache.CacheLocation
+) -> str:
+    """Load the network with the runtime ``auto`` builds, filling the runtime cache; what was done, in one line.
+
+    Nothing is loaded (``""`` is returned) when ``auto`` means eager here or the cache is off.
+    """
+    auto = runtimes.AUTO_RUNTIME
+    if runtimes.missing_runtime(auto) is not None or cache.entries is None:
+        return ""
+    extractor = load_extractor(path, record, "cpu", trust_checkpoint, backend="auto")
+    if extractor.runtime != auto:
+        return f"runtime: eager ({auto} failed its check against eager, nothing kept)"
+    return f"runtime: {auto}, checked against eager and kept in {cache.entries}"
 
 
 @pytorch.command("info")
@@ -498,6 +557,7 @@ def info(**_: object) -> None:
         described = model_files.describe_model_files()
         sections = [describe_model(entry) for entry in described]
         sections.append(describe_settings())
+        sections.append(describe_cache())
         sections.append(describe_backends())
     except (SettingsError, ValueError) as error:
         raise click.ClickException(_one_line(error)) from None
@@ -533,7 +593,7 @@ def describe_settings() -> List[str]:
     lines.append("settings (bob config set KEY VALUE):")
     keys = [key for record in pretrained.records() for key in setting_keys(record)]
     keys.append(model_files.DOWNLOAD_TIMEOUT_KEY)
-    keys += [model_files.DEADLINE_KEY, model_files.MIN_RATE_KEY]
+    keys += [model_files.DEADLINE_KEY, model_files.MIN_RATE_KEY, export_cache.CACHE_SETTING]
     for key in keys:
         value = settings.get_setting(key)
         lines.append(f"  {key} = {settings.shown(value.value)!r}  ({value.file})" if value else f"  {key}: not set")
@@ -543,6 +603,24 @@ def describe_settings() -> List[str]:
 def setting_keys(record: pretrained.PretrainedNetwork) -> List[str]:
     """The user settings that concern ``record``: model path, download URL, sha256."""
     return [record.path_key, record.url_key, record.sha256_key]
+
+
+def _size(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
+
+
+def describe_cache() -> List[str]:
+    """The lines ``info`` prints about the runtime cache: where it is, who says so, what it holds."""
+    location = export_cache.cache_location()
+    lines = ["runtime cache (frame bodies exported once, checked against eager; 'bob pytorch cache clear' empties it):"]
+    if location.entries is None:
+        return lines + ["  folder:       off", f"    from:       {location.source}"]
+    held = export_cache.contents(location)
+    return lines + [
+        f"  folder:       {location.entries}",
+        f"    from:       {location.source}",
+        f"  holds:        {_count(held.entries, 'entry')}, {_size(held.size)}".replace("entrys", "entries"),
+    ]
 
 
 def describe_backends() -> List[str]:
@@ -582,6 +660,7 @@ def export(
     """
     from .. import onnx_export
 
+    check_not_the_model_file(output, network, model_file)
     check_backend("onnxruntime")  # the check needs ONNX Runtime (and onnx to export)
     extractor = load_extractor(model_file, network, "cpu", trust_checkpoint, backend="eager")
     module, bins = extractor.network, network.front_end.bins
@@ -594,6 +673,11 @@ def export(
                     f"the exported model differs from the PyTorch network by {difference:.3g} "
                     f"(more than {runtimes.RUNNER_ATOL:g}); nothing written"
                 )
+    except ExportError as error:
+        raise click.ClickException(
+            f"cannot export {network.title}: {_one_line(error)}; nothing written "
+            "('extract-audio --backend eager' still embeds with it)"
+        ) from None
     except OSError as error:
         raise click.ClickException(_one_line(error)) from None
     click.echo(
@@ -601,6 +685,54 @@ def export(
         f"'{onnx_export.EMBEDDING_NAME}' (batch, {extractor.bn_dim}); largest difference from PyTorch "
         f"{difference:.1e}"
     )
+
+
+def _same_file(first: str, second: str) -> bool:
+    """Whether two paths name one file: the same inode (hard or symbolic links), or the same path once resolved."""
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # one of them does not exist (yet)
+        return os.path.realpath(first) == os.path.realpath(second)
+
+
+def check_not_the_model_file(output: str, network: pretrained.PretrainedNetwork, model_file: Optional[str]) -> None:
+    """A usage error (exit status 2), before any work, if ``--output`` is the model file the command reads."""
+    try:
+        model = model_files.resolve_model_file(network, model_file).path
+    except (SettingsError, TypeError) as error:
+        raise ModelUnavailable(_model_problem(error)) from None
+    if _same_file(output, model):
+        raise click.BadParameter(
+            f"{output} is the model file the network is read from ({model}); write the ONNX model to another file",
+            param_hint="'--output' / '-o'",
+        )
+
+
+@pytorch.group("cache", cls=AliasedGroup)
+def cache() -> None:
+    """The runtime cache: frame bodies exported to ONNX once and kept ('bob pytorch info' shows where)."""
+
+
+@cache.command("clear")
+@verbosity_option(logger=logger)
+def clear_cache(**_: object) -> None:
+    """Remove every entry of the runtime cache; the next command that needs one exports it again.
+
+    Deleting the cache folder (shown by 'bob pytorch info') does the same.
+
+    \b
+    Example:
+      bob pytorch cache clear
+    """
+    try:
+        location = export_cache.cache_location()
+    except SettingsError as error:
+        raise click.ClickException(_one_line(error)) from None
+    if location.entries is None:
+        click.echo(f"the runtime cache is off ({location.source}): nothing to remove")
+        return
+    removed = export_cache.clear(location)
+    click.echo(f"removed {_count(removed, 'file')} from {location.entries}")
 
 
 @pytorch.command("demo")

@@ -126,3 +126,34 @@ def isolated_settings(tmp_path, monkeypatch):
     monkeypatch.delenv("BOB_LEARN_PYTORCH_RUNTIME_CACHE", raising=False)
     monkeypatch.setenv("BOBRC", str(home / ".bobrc"))
     return home
+
+
+def _untraceable_resnet34(**arguments):
+    from bob.learn.pytorch.architectures.ResNet import ResNet, resnet34
+
+    class UntraceableResNet(ResNet):
+        """A ResNet-34 whose frame body branches on its input's values, which ``torch.export`` cannot trace."""
+
+        def forward_frames(self, x):
+            if x.device.type != "meta" and float(x.abs().sum()) < 0:  # never true, but it depends on the data
+                x = -x
+            return super().forward_frames(x)
+
+    network = resnet34(**arguments)
+    network.__class__ = UntraceableResNet
+    return network
+
+
+@pytest.fixture
+def untraceable():
+    """A registered network ``untraceable`` (the ResNet-34's record and weights) that the ONNX exporter cannot trace."""
+    import dataclasses
+
+    from bob.learn.pytorch import pretrained
+
+    record = dataclasses.replace(
+        pretrained.get("resnet34"), name="untraceable", title="Untraceable ResNet-34", architecture=_untraceable_resnet34, aliases=()
+    )
+    pretrained.register(record)
+    yield record
+    pretrained.unregister("untraceable")

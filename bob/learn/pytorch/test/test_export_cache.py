@@ -116,28 +116,25 @@ def test_the_key_changes_with_each_component(network, monkeypatch):
         changed["architecture"] = cache_key(network, 257)
     finally:
         network.__class__ = original_class
-    monkeypatch.setattr(network.conv1, "extra_repr", lambda: "another layer")
-    changed["layers"] = cache_key(network, 257)
-    monkeypatch.undo()
+    replacements = {
+        "layers": (network.conv1, "extra_repr", lambda: "another layer"),
+        "versions": (export_cache, "_versions", lambda: {**base["versions"], "onnxruntime": "0.0.1"}),
+        "opset": (onnx_export, "OPSET", 17),
+        "exporter options": (onnx_export, "_EXPORTER_OPTIONS", {**onnx_export._EXPORTER_OPTIONS, "optimize": False}),
+        "source files": (export_cache, "_file_digest", lambda path: hashlib.sha256(path.encode()).hexdigest()),
+        "format": (export_cache, "FORMAT", 2),
+    }
+    for component, (owner, attribute, value) in replacements.items():
+        with monkeypatch.context() as patch:
+            patch.setattr(owner, attribute, value)
+            changed[component] = cache_key(network, 257)
+    weight = network.conv1.weight
+    saved = weight[0, 0, 0, 0].clone()
     with torch.no_grad():
-        network.conv1.weight[0, 0, 0, 0] += 1e-7  # one weight, by the smallest step that shows
+        weight[0, 0, 0, 0] = torch.nextafter(saved, saved + 1)  # one weight, by the smallest step there is
         changed["weights"] = cache_key(network, 257)
-        network.conv1.weight[0, 0, 0, 0] -= 1e-7
+        weight[0, 0, 0, 0] = saved
     assert cache_key(network, 257) == base
-    monkeypatch.setattr(export_cache, "_versions", lambda: {**base["versions"], "onnxruntime": "0.0.1"})
-    changed["versions"] = cache_key(network, 257)
-    monkeypatch.undo()
-    monkeypatch.setattr(onnx_export, "OPSET", 17)
-    changed["opset"] = cache_key(network, 257)
-    monkeypatch.undo()
-    monkeypatch.setattr(onnx_export, "_EXPORTER_OPTIONS", {**onnx_export._EXPORTER_OPTIONS, "optimize": False})
-    changed["exporter options"] = cache_key(network, 257)
-    monkeypatch.undo()
-    monkeypatch.setattr(export_cache, "_file_digest", lambda path: hashlib.sha256(path.encode()).hexdigest())
-    changed["source files"] = cache_key(network, 257)
-    monkeypatch.undo()
-    monkeypatch.setattr(export_cache, "FORMAT", 2)
-    changed["format"] = cache_key(network, 257)
     names = {component: entry_name(key) for component, key in changed.items()}
     assert entry_name(base) not in names.values() and len(set(names.values())) == len(names), names
 
@@ -262,12 +259,11 @@ def test_a_failed_write_leaves_no_temporary_and_no_index(network, monkeypatch, c
             raise OSError(28, "No space left on device")
         return real(path, what)
 
-    monkeypatch.setattr(export_cache.atomic, "replacing", full_disk_at_the_index)
-    with caplog.at_level(logging.WARNING, logger="bob.learn.pytorch.export_cache"):
+    with monkeypatch.context() as patch, caplog.at_level(logging.WARNING, logger="bob.learn.pytorch.export_cache"):
+        patch.setattr(export_cache.atomic, "replacing", full_disk_at_the_index)
         assert run(network, Exports()).passed
     assert calls == [".onnx", ".json"] and "No space left on device" in caplog.text
     assert sorted(name.rsplit(".", 1)[-1] for name in entries(cache_location())) == ["lock", "onnx"]
-    monkeypatch.undo()
     exports = Exports()
     run(network, exports)  # a model without its index is a miss
     assert exports.exported == 1
