@@ -9,6 +9,7 @@ from __future__ import annotations  # annotations name classes of modules import
 
 import contextlib
 import importlib.util
+import io
 import logging
 import os
 import signal
@@ -135,7 +136,8 @@ def load_extractor(
         extractor = EmbeddingExtractor(
             network, model_file, device=torch_device, trust_checkpoint=trust_checkpoint, backend=backend
         )
-        extractor.network  # noqa: B018 - load now, so that a bad file fails before any recording is read
+        with exporter_output_logged():
+            extractor.network  # noqa: B018 - load now, so that a bad file fails before any recording is read
     except MODEL_ERRORS as error:
         raise ModelUnavailable(_model_problem(error)) from None
     except RuntimeBuildError as error:
@@ -143,6 +145,24 @@ def load_extractor(
     except (RuntimeError, AssertionError) as error:  # e.g. CUDA requested but not available
         raise ModelUnavailable(f"cannot load the model on device '{device}': {_one_line(error)}") from None
     return extractor
+
+
+@contextlib.contextmanager
+def exporter_output_logged() -> Iterator[None]:
+    """Send what is printed on ``sys.stderr`` inside the block to the DEBUG log (``-vvv``) instead.
+
+    Used while a network is loaded or exported: for a network that it cannot
+    trace, ``torch.export`` prints the partial graph of each attempt (dozens of
+    lines) before raising the error that the command reports in one line. The
+    command's own messages go through its log handlers, which keep their stream.
+    """
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(printed):
+            yield
+    finally:
+        if printed.getvalue().strip():
+            logger.debug("printed while the network was loaded or exported:\n%s", printed.getvalue().rstrip())
 
 
 def parse_device(device: str) -> torch.device:
@@ -665,7 +685,7 @@ def export(
     extractor = load_extractor(model_file, network, "cpu", trust_checkpoint, backend="eager")
     module, bins = extractor.network, network.front_end.bins
     try:
-        with atomic.replacing(output, "the ONNX model") as temporary:
+        with atomic.replacing(output, "the ONNX model") as temporary, exporter_output_logged():
             onnx_export.export_embedding_network(module, str(temporary), bins)
             difference = onnx_export.check_exported_embedding(temporary.read_bytes(), module, bins)
             if not difference <= runtimes.RUNNER_ATOL:
