@@ -22,6 +22,8 @@ against the eager network in the user's cache folder:
   digest is the one in the index, so only the very file that passed is ever
   used. A truncated, damaged or stale entry (other key, other digest, a model
   without index) is a miss and is exported and written again.
+* **size**: at most :data:`MAX_ENTRIES` entries are kept; writing one more
+  removes those used least recently (reading an entry marks it used).
 * **processes**: a process that misses takes the folder's lock (``.lock``,
   :mod:`filelock`) before exporting, so that processes started together
   export once: the others wait, then read the entry. The wait is bounded
@@ -60,6 +62,7 @@ __all__ = [
     "CACHE_ENVIRONMENT",
     "OFF_VALUES",
     "LOCK_TIMEOUT",
+    "MAX_ENTRIES",
     "CacheLocation",
     "CacheContents",
     "Checked",
@@ -86,6 +89,9 @@ OFF_VALUES = ("off", "false", "no", "0", "none")
 SUBFOLDER = "frame-body"
 #: Seconds a process waits for another one exporting the same folder's entries before it exports for itself.
 LOCK_TIMEOUT = 300.0
+#: Most entries kept: a network whose weights keep changing (fine-tuning with ``rebuild_runtime``) makes one per
+#: change, about 38 MiB each for the released networks.
+MAX_ENTRIES = 8
 #: Version of the entries' layout; entries of another version are misses.
 FORMAT = 1
 #: Packages whose versions are part of the key (besides torch).
@@ -362,6 +368,8 @@ def checked_model(
         checked = check(model, False)
         if checked.passed:
             logger.debug("frame body read from the runtime cache: %s", folder / f"{name}.onnx")
+            with contextlib.suppress(OSError):  # marks the entry used (read-only caches stay usable)
+                os.utime(folder / f"{name}.json")
             return checked
         logger.warning("the runtime cache's model %s fails its check here; exporting again", folder / f"{name}.onnx")
     with _exclusive(folder) as held:
@@ -377,7 +385,22 @@ def checked_model(
                 _write_entry(folder, name, key, fresh, checked.details)
             except OSError as error:
                 _report_once(folder, error.strerror or str(error))
+            _remove_least_used(folder, MAX_ENTRIES)
     return checked
+
+
+def _remove_least_used(folder: Path, keep: int) -> None:
+    """Remove the entries beyond the ``keep`` used most recently (by their index's modification time)."""
+    used = []
+    for index in folder.glob("*.json"):
+        if _ENTRY_FILE.fullmatch(index.name):
+            with contextlib.suppress(OSError):
+                used.append((index.stat().st_mtime, index))
+    used.sort(reverse=True)
+    for _, index in used[keep:]:
+        for path in (index, index.with_suffix(".onnx")):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 # -- what the cache holds ------------------------------------------------------------------------

@@ -311,3 +311,22 @@ def test_contents_and_clear_count_and_remove_only_entries(network, isolated_sett
     assert export_cache.clear(location) == 3
     assert sorted(entries(location)) == [".lock", "notes.txt"]
     assert export_cache.contents(location) == (0, 0)
+
+
+def test_the_cache_keeps_the_entries_used_most_recently(network, monkeypatch):
+    monkeypatch.setattr(export_cache, "MAX_ENTRIES", 3)
+    folder = cache_location().entries
+    names = []
+    for step, bins in enumerate((257, 258, 259, 260)):
+        if bins == 260:
+            again = Exports()
+            checked_model(network, 257, cache_location(), again.export, again.check)  # the first, read again
+            assert again.exported == 0 and (folder / f"{names[0]}.json").stat().st_mtime > 1e9 + 2
+        checked_model(network, bins, cache_location(), Exports().export, Exports().check)
+        names.append(entry_name(cache_key(network, bins)))
+        index = folder / f"{names[-1]}.json"
+        if bins != 260:
+            os.utime(index, (1e9 + step, 1e9 + step))
+    kept = sorted(path.stem for path in folder.glob("*.json"))
+    assert kept == sorted([names[0], names[2], names[3]])
+    assert sorted(path.stem for path in folder.glob("*.onnx")) == kept
