@@ -52,14 +52,16 @@ except ImportError:  # pragma: no cover - the doc extra installs it
     html_theme = "alabaster"
 html_title = f"{project} {release}"
 
-# Doctests run with the user settings of a throw-away home, never the real ones; the
+# Doctests run with the user settings and runtime cache of a throw-away home, never the real ones; the
 # home is removed and the environment restored after each group.
 doctest_global_setup = """
 import os as _os, tempfile as _tempfile
 _doc_home = _tempfile.mkdtemp(prefix="bob-learn-pytorch-doctest-")
-_doc_saved = {name: _os.environ.get(name) for name in ("HOME", "XDG_CONFIG_HOME", "BOBRC")}
+_doc_saved = {name: _os.environ.get(name) for name in ("HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "BOBRC", "BOB_LEARN_PYTORCH_RUNTIME_CACHE")}
+_os.environ.pop("BOB_LEARN_PYTORCH_RUNTIME_CACHE", None)
 _os.environ["HOME"] = _doc_home
 _os.environ["XDG_CONFIG_HOME"] = _os.path.join(_doc_home, ".config")
+_os.environ["XDG_CACHE_HOME"] = _os.path.join(_doc_home, ".cache")
 _os.environ["BOBRC"] = _os.path.join(_doc_home, ".bobrc")
 """
 doctest_global_cleanup = """

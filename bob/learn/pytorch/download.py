@@ -22,6 +22,7 @@ from .checkpoint import clean_state_dict, read_checkpoint
 from .errors import CheckpointError, ModelDownloadError
 from .fetch import MAX_SECONDS, DeadlineError, FetchError, FetchOptions, RateError, fetch, redact_url
 from .pretrained import PretrainedNetwork
+from .weights import DEADLINE_KEY, MIN_RATE_KEY
 
 __all__ = [
     "DownloadOptions", "DEADLINE_KEY", "MIN_RATE_KEY", "MAX_SECONDS", "download_model", "expected_parameter_names",
@@ -32,10 +33,6 @@ __all__ = [
 #: ``max_bytes=None`` means :func:`model_size_cap` of the network.
 DownloadOptions = FetchOptions
 
-#: User setting: seconds a whole download may take, retries and the wait for another process's download included.
-DEADLINE_KEY = "bob.learn.pytorch.extractor.audio.download_deadline"
-#: User setting: the slowest acceptable download, in kilobytes (1000 bytes) per second.
-MIN_RATE_KEY = "bob.learn.pytorch.extractor.audio.download_min_rate"
 #: The bytes accepted from a server, as a multiple of the size of the model's weights.
 SIZE_CAP_FACTOR = 4
 #: errno values meaning "this folder cannot be written" (permissions, read-only file system).

@@ -1,6 +1,6 @@
 """Exceptions raised by bob.learn.pytorch."""
 
-__all__ = ["CheckpointError", "UnsafeCheckpointError", "ModelDownloadError", "SettingsError", "RuntimeBuildError"]
+__all__ = ["CheckpointError", "UnsafeCheckpointError", "ModelDownloadError", "SettingsError", "RuntimeBuildError", "ExportError"]
 
 
 class CheckpointError(RuntimeError):
@@ -21,3 +21,7 @@ class SettingsError(ValueError):
 
 class RuntimeBuildError(RuntimeError):
     """The runtime asked for by name (``backend="onnxruntime"``) cannot run the network, or differs from eager."""
+
+
+class ExportError(RuntimeError):
+    """A network cannot be exported to ONNX (``torch.export`` cannot trace it); eager PyTorch still runs it."""

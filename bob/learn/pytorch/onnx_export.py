@@ -11,10 +11,19 @@ process for each architecture (its weights removed, about 0.5 MB), and a
 network of an architecture already exported gets a copy with its own weights,
 folded again, in a fraction of a second. Whatever the graph, the runtime that
 uses it is checked against the eager network before it is used
-(:func:`bob.learn.pytorch.runtimes.build_runtime`).
+(:func:`bob.learn.pytorch.runtimes.build_runtime`), and the checked frame body
+is kept on disk (:mod:`bob.learn.pytorch.export_cache`), so that a network is
+exported once per machine rather than once per process.
+
+The exporter is not safe to run from two threads at once: the exports of a
+process take turns. A network that ``torch.export`` cannot trace raises
+:class:`~bob.learn.pytorch.errors.ExportError` with one line naming the
+network and the exporter's reason; the exporter's full report is logged at
+DEBUG level (``-vvv`` on the command line).
 """
 import contextlib
 import logging
+import re
 import threading
 import warnings
 from typing import Any, BinaryIO, Dict, Hashable, Iterator, Union
@@ -23,6 +32,7 @@ import torch
 from torch import nn
 
 from .architectures.utils import SpeakerEmbeddingNet
+from .errors import ExportError
 
 __all__ = [
     "INPUT_NAME",
@@ -32,7 +42,10 @@ __all__ = [
     "export_frame_body",
     "export_embedding_network",
     "check_exported_embedding",
+    "export_settings",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: ONNX operator set of the exports (the exporter's own; supported by onnxruntime 1.14 and later).
 OPSET = 18
@@ -49,6 +62,13 @@ EXPORT_BATCH, EXPORT_FRAMES = 2, 300
 _EXPORTER_OPTIONS = {"dynamo": True, "opset_version": OPSET, "verify": False, "report": False, "verbose": False}
 #: The exporter's logger, which notes once per export that torchvision's operators (unused here) are missing.
 _REGISTRATION_LOGGER = "torch.onnx._internal.exporter._registration"
+#: torch's logger that warns, while a network that cannot be traced is exported, about code it cannot find.
+_TRACING_LOGGER = "torch.fx.experimental.symbolic_shapes"
+#: Colour codes of the exporter's messages (kept out of the one line reported).
+_ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")
+
+#: Exports of this process take turns: the exporter keeps tracing state of its own (two exports at once fail).
+_export_lock = threading.RLock()
 
 #: Weightless frame-body graphs (serialized ONNX), by architecture; see :func:`_architecture_key`.
 _frame_body_graphs: Dict[Hashable, bytes] = {}
@@ -75,40 +95,73 @@ class _TorchvisionNotes(logging.Filter):
         return "torchvision" not in record.getMessage()
 
 
+class _TracingNotes(logging.Filter):
+    """Turns torch's tracing warnings into DEBUG records of this module: a failed export is reported once, by us."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            logger.debug("torch.export: %s", record.getMessage())
+            return False
+        return True
+
+
 @contextlib.contextmanager
 def _exporter_notes_silenced() -> Iterator[None]:
     """Hide the exporter's notes that are not the user's business, for the time of one export.
 
     They are its warnings about internals (deprecations inside torch, tracing
-    notes) and its log lines about torchvision's operators.
+    notes), its log lines about torchvision's operators and the tracer's
+    warnings about a network it cannot trace (kept at DEBUG level).
     """
-    logger = logging.getLogger(_REGISTRATION_LOGGER)
-    notes = _TorchvisionNotes()
-    logger.addFilter(notes)
+    filters = [(logging.getLogger(_REGISTRATION_LOGGER), _TorchvisionNotes()), (logging.getLogger(_TRACING_LOGGER), _TracingNotes())]
+    for target, notes in filters:
+        target.addFilter(notes)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.removeFilter(notes)
+        for target, notes in filters:
+            target.removeFilter(notes)
+
+
+def _reason(error: BaseException) -> str:
+    """The first meaningful line of the exporter's error: that of its root cause, without colours."""
+    root = error
+    while root.__cause__ is not None and root.__cause__ is not root:
+        root = root.__cause__
+    lines = [line.strip() for line in _ANSI_CODES.sub("", str(root)).splitlines() if line.strip()]
+    return f"{type(root).__name__}: {lines[0]}" if lines else type(root).__name__
+
+
+def _export_error(module: nn.Module, error: BaseException) -> ExportError:
+    """One line naming the network that could not be exported and why; the exporter's whole report at DEBUG level."""
+    network = getattr(module, "network", module)
+    logger.debug("the ONNX exporter's report on %s:\n%s", type(network).__name__, error, exc_info=error)
+    return ExportError(f"torch.export cannot trace the network {type(network).__name__} ({_reason(error)})")
 
 
 def _export(module: nn.Module, bins: int, output: str, optimize: bool, free_bins: bool = False) -> Any:
     """The ``torch.onnx.ONNXProgram`` of an eval-mode module, batch and time axes free (and frequency, if asked)."""
     if module.training:
         raise ValueError("export needs a network in eval mode (call .eval() first)")
+    import torch.onnx  # the exporter (and onnxscript) are imported only when something is exported
+
     example = torch.zeros((EXPORT_BATCH, 1, EXPORT_FRAMES, bins), device=next(module.parameters()).device)
     free = torch.export.Dim.DYNAMIC
-    with torch.no_grad(), _exporter_notes_silenced():
-        return torch.onnx.export(
-            module,
-            (example,),
-            optimize=optimize,
-            input_names=[INPUT_NAME],
-            output_names=[output],
-            dynamic_shapes=({0: free, 2: free, **({3: free} if free_bins else {})},),
-            **_EXPORTER_OPTIONS,
-        )
+    with _export_lock, torch.no_grad(), _exporter_notes_silenced():
+        try:
+            return torch.onnx.export(
+                module,
+                (example,),
+                optimize=optimize,
+                input_names=[INPUT_NAME],
+                output_names=[output],
+                dynamic_shapes=({0: free, 2: free, **({3: free} if free_bins else {})},),
+                **_EXPORTER_OPTIONS,
+            )
+        except torch.onnx.OnnxExporterError as error:
+            raise _export_error(module, error) from None
 
 
 def _architecture_key(network: SpeakerEmbeddingNet, bins: int) -> Hashable:
@@ -166,9 +219,20 @@ def export_frame_body(network: SpeakerEmbeddingNet, bins: int = 257) -> bytes:
     for name, initializer in model.graph.initializers.items():
         if name in weights:
             initializer.const_value = onnx_ir.tensor(weights[name].detach().cpu().numpy(), name=name)
-    with _exporter_notes_silenced():
+    with _export_lock, _exporter_notes_silenced():
         onnxscript.optimizer.optimize(model)
     return onnx_ir.serde.serialize_model(model).SerializeToString()
+
+
+def export_settings() -> Dict[str, Any]:
+    """Everything about how :func:`export_frame_body` exports that is not the network: for the cache's key."""
+    return {
+        "options": dict(_EXPORTER_OPTIONS),
+        "example": [EXPORT_BATCH, EXPORT_FRAMES],
+        "names": [INPUT_NAME, OUTPUT_NAME],
+        "free": ["batch", "time", "frequency"],
+        "optimizer": "onnxscript.optimizer.optimize",
+    }
 
 
 def export_embedding_network(network: SpeakerEmbeddingNet, target: Union[BinaryIO, str], bins: int = 257) -> None:

@@ -17,7 +17,9 @@ original's float32 arithmetic. Three runtimes exist:
 
 ``"auto"`` means ONNX Runtime when it is installed and passes its check, else
 eager. :func:`build_runtime` builds one and checks it against the eager
-network once, on an input of another batch size and length than the export;
+network once, on an input of another batch size and length than the export
+(a frame body read from the runtime cache, :mod:`bob.learn.pytorch.export_cache`,
+passed that check when it was written and is checked again on a short input);
 the extractor calls it when its network is loaded and again only when asked
 to (:meth:`~bob.learn.pytorch.preprocessor.audio.EmbeddingExtractor.rebuild_runtime`),
 since the runtime holds a copy of the weights and of torch's thread count of
@@ -32,6 +34,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 import torch
 from torch import nn
 
+from . import export_cache
 from .architectures.utils import SpeakerEmbeddingNet, l2_normalize, statistics_pooling
 from .errors import RuntimeBuildError
 from .mnn_runtime import MnnRuntime, mnn_available
@@ -54,6 +57,9 @@ RUNNER_ATOL = 1e-5
 RUNNER_FRAMES_RTOL = 1e-4
 #: Batch size and frames of the probe input: other than the export's, to exercise the free axes.
 PROBE_BATCH, PROBE_FRAMES = 2, 173
+#: Frames of the one-utterance probe of a frame body read from the runtime cache (which passed the full probe
+#: when it was written): it checks that this machine's runtime runs that very file as the eager network does.
+LOAD_PROBE_FRAMES = 64
 
 Runtime = Callable[[torch.Tensor], torch.Tensor]
 
@@ -215,6 +221,8 @@ def build_runtime(network: SpeakerEmbeddingNet, name: str = "auto", bins: int = 
         From :func:`check_runtime_name`; ValueError for a network in train mode.
     RuntimeBuildError
         If an optimised runtime was asked for by name and cannot run the network or differs from it.
+    SettingsError
+        If the runtime cache's setting is wrong (:func:`~bob.learn.pytorch.export_cache.cache_location`).
     """
     check_runtime_name(name)
     if network.training:
@@ -224,18 +232,28 @@ def build_runtime(network: SpeakerEmbeddingNet, name: str = "auto", bins: int = 
     optional = OPTIONAL_RUNTIMES.get(chosen)
     if optional is None or _device_of(network).type != "cpu" or not optional.available():
         return eager
+    cache = export_cache.cache_location()  # a bad cache setting is the user's to fix, not a reason to run eager
+    threads = torch.get_num_threads()
+
+    def check(model: bytes, fresh: bool) -> export_cache.Checked:
+        runtime = optional.make(model, threads)
+        shape = (PROBE_BATCH, PROBE_FRAMES) if fresh else (1, LOAD_PROBE_FRAMES)
+        frames_error, embedding_error = probe_errors(network, runtime, bins, shape)
+        passed = frames_error <= RUNNER_FRAMES_RTOL and embedding_error <= RUNNER_ATOL
+        return export_cache.Checked(runtime, passed, {"frames": frames_error, "embedding": embedding_error})
+
     try:
-        runtime = optional.make(export_frame_body(network, bins), torch.get_num_threads())
-        frames_error, embedding_error = probe_errors(network, runtime, bins)
+        checked = export_cache.checked_model(network, bins, cache, lambda: export_frame_body(network, bins), check)
     except Exception as exc:  # noqa: BLE001 - any failure of the optional runtime means: use the eager network
-        problem = f"{optional.title} could not run the network ({type(exc).__name__}: {exc})"
+        problem = f"{optional.title} could not run the network ({type(exc).__name__}: {_one_line(exc)})"
         if name != "auto":
             raise RuntimeBuildError(f"{problem}; use backend 'auto' or 'eager'") from exc
         logger.warning("%s; using eager PyTorch", problem)
         return eager
-    if frames_error <= RUNNER_FRAMES_RTOL and embedding_error <= RUNNER_ATOL:
+    frames_error, embedding_error = checked.details["frames"], checked.details["embedding"]
+    if checked.passed:
         logger.debug("%s ready (probe differences %.2g, %.2g)", chosen, frames_error, embedding_error)
-        return runtime
+        return checked.value
     message = (
         f"{optional.title}'s network differs from the eager one (frame features {frames_error:.3g} relative, "
         f"embeddings {embedding_error:.3g})"
@@ -246,10 +264,19 @@ def build_runtime(network: SpeakerEmbeddingNet, name: str = "auto", bins: int = 
     return eager
 
 
-def probe_errors(network: SpeakerEmbeddingNet, runtime: Runtime, bins: int = 257) -> Tuple[float, float]:
-    """The frame features' relative and the embeddings' absolute difference from eager on a probe input."""
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def probe_errors(
+    network: SpeakerEmbeddingNet, runtime: Runtime, bins: int = 257, shape: Tuple[int, int] = (PROBE_BATCH, PROBE_FRAMES)
+) -> Tuple[float, float]:
+    """The frame features' relative and the embeddings' absolute difference from eager on a probe input.
+
+    The probe is random normal, ``shape`` giving its batch size and frames.
+    """
     generator = torch.Generator().manual_seed(0)
-    probe = torch.randn((PROBE_BATCH, 1, PROBE_FRAMES, bins), generator=generator)
+    probe = torch.randn((shape[0], 1, shape[1], bins), generator=generator)
     with torch.inference_mode():
         fast, eager = runtime(probe), network.forward_frames(probe)
         scale = float(eager.abs().max()) or 1.0

@@ -81,8 +81,10 @@ DOWNLOAD_TIMEOUT_KEY = f"{SETTINGS_PREFIX}.download_timeout"
 DEADLINE_KEY = f"{SETTINGS_PREFIX}.download_deadline"
 #: User setting: the slowest acceptable download, in kilobytes (1000 bytes) per second.
 MIN_RATE_KEY = f"{SETTINGS_PREFIX}.download_min_rate"
+#: User setting: the folder of the runtime cache (:mod:`bob.learn.pytorch.export_cache`), or ``off``.
+RUNTIME_CACHE_KEY = "bob.learn.pytorch.runtime_cache"
 #: The settings of the package that concern every network (each record names its own three).
-PACKAGE_KEYS = (DOWNLOAD_TIMEOUT_KEY, DEADLINE_KEY, MIN_RATE_KEY)
+PACKAGE_KEYS = (DOWNLOAD_TIMEOUT_KEY, DEADLINE_KEY, MIN_RATE_KEY, RUNTIME_CACHE_KEY)
 #: A ``$NAME`` or ``${NAME}`` left in a path after expansion: a variable that is not set.
 _UNSET_VARIABLE = re.compile(r"\$(\w+|\{[^}]*\})")
 

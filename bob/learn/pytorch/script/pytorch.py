@@ -5,23 +5,28 @@ so ``bob pytorch --help`` lists the commands below; the package installs no
 ``bob`` script of its own. ``python -m bob.learn.pytorch.script.pytorch`` runs
 the same group without the ``bob`` command.
 """
+from __future__ import annotations  # annotations name classes of modules imported only when a command runs
+
 import contextlib
+import io
 import logging
 import os
 import signal
 import sys
 import threading
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import clapper.logging
 import click
 import torch
 from clapper.click import AliasedGroup, verbosity_option
 
-from .. import atomic, devices, outputs, pretrained, runtimes, settings, weights
-from ..errors import CheckpointError, ModelDownloadError, RuntimeBuildError, SettingsError
+from .. import atomic, devices, export_cache, outputs, pretrained, runtimes, settings, weights
+from ..errors import CheckpointError, ExportError, ModelDownloadError, RuntimeBuildError, SettingsError
 from ..inputs import AudioInput, Embedded, Failure, collect_inputs, embed_inputs
-from ..preprocessor.audio import EmbeddingExtractor
+
+if TYPE_CHECKING:
+    from ..preprocessor.audio import EmbeddingExtractor
 
 logger = logging.getLogger("bob.learn.pytorch")
 
@@ -101,13 +106,16 @@ def load_extractor(
 
     ``backend`` is passed on to the extractor (see :data:`BACKEND_CHOICES`).
     """
+    from ..preprocessor.audio import EmbeddingExtractor
+
     torch_device = parse_device(device)
     check_backend(backend)
     try:
         extractor = EmbeddingExtractor(
             network, model_file, device=torch_device, trust_checkpoint=trust_checkpoint, backend=backend
         )
-        extractor.network  # noqa: B018 - load now, so that a bad file fails before any recording is read
+        with exporter_output_logged():
+            extractor.network  # noqa: B018 - load now, so that a bad file fails before any recording is read
     except MODEL_ERRORS as error:
         raise ModelUnavailable(_model_problem(error)) from None
     except RuntimeBuildError as error:
@@ -115,6 +123,24 @@ def load_extractor(
     except (RuntimeError, AssertionError) as error:  # e.g. CUDA requested but not available
         raise ModelUnavailable(f"cannot load the model on device '{device}': {_one_line(error)}") from None
     return extractor
+
+
+@contextlib.contextmanager
+def exporter_output_logged() -> Iterator[None]:
+    """Send what is printed on ``sys.stderr`` inside the block to the DEBUG log (``-vvv``) instead.
+
+    Used while a network is loaded or exported: for a network that it cannot
+    trace, ``torch.export`` prints the partial graph of each attempt (dozens of
+    lines) before raising the error that the command reports in one line. The
+    command's own messages go through its log handlers, which keep their stream.
+    """
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(printed):
+            yield
+    finally:
+        if printed.getvalue().strip():
+            logger.debug("printed while the network was loaded or exported:\n%s", printed.getvalue().rstrip())
 
 
 def parse_device(device: str) -> torch.device:
@@ -445,12 +471,20 @@ def download_models(networks: Sequence[pretrained.PretrainedNetwork], trust_chec
     Each model goes where it resolves to (see ``bob pytorch info``): the
     network's path setting, else the package data folder. A file already
     there is kept; a missing one is downloaded, checked and moved into place.
+    With ONNX Runtime installed (the fast extra), each network's frame body
+    is then exported, checked against PyTorch and kept in the runtime cache,
+    so that later commands and pipeline workers of this machine (or of any
+    machine sharing the cache folder) skip the export.
 
     \b
     Example (the path setting's key is in 'bob pytorch info'):
       bob config set <path key of dltresnet34> /shared/models/drn34.pth.tar
       bob pytorch download-models dltresnet34
     """
+    try:
+        cache = export_cache.cache_location()
+    except SettingsError as error:
+        raise click.ClickException(_one_line(error)) from None
     failed = 0
     for record in networks or pretrained.records():
         try:
@@ -460,8 +494,32 @@ def download_models(networks: Sequence[pretrained.PretrainedNetwork], trust_chec
             click.echo(f"error: {record.title}: {_model_problem(error)}", err=True)
             continue
         click.echo(f"{record.title}: {path}")
+        try:
+            report = prepare_runtime(record, path, trust_checkpoint, cache)
+        except click.ClickException as error:
+            failed += 1
+            click.echo(f"error: {record.title}: {error.format_message()}", err=True)
+            continue
+        if report:
+            click.echo(f"  {report}")
     if failed:
         raise click.ClickException(f"{failed} model(s) could not be made available")
+
+
+def prepare_runtime(
+    record: pretrained.PretrainedNetwork, path: str, trust_checkpoint: bool, cache: export_cache.CacheLocation
+) -> str:
+    """Load the network with the runtime ``auto`` builds, filling the runtime cache; what was done, in one line.
+
+    Nothing is loaded (``""`` is returned) when ``auto`` means eager here or the cache is off.
+    """
+    auto = runtimes.AUTO_RUNTIME
+    if runtimes.missing_runtime(auto) is not None or cache.entries is None:
+        return ""
+    extractor = load_extractor(path, record, "cpu", trust_checkpoint, backend="auto")
+    if extractor.runtime != auto:
+        return f"runtime: eager ({auto} failed its check against eager, nothing kept)"
+    return f"runtime: {auto}, checked against eager and kept in {cache.entries}"
 
 
 @pytorch.command("info")
@@ -480,6 +538,7 @@ def info(**_: object) -> None:
         described = weights.describe_model_files()
         sections = [describe_model(entry) for entry in described]
         sections.append(describe_settings())
+        sections.append(describe_cache())
         sections.append(describe_backends())
     except (SettingsError, ValueError) as error:
         raise click.ClickException(_one_line(error)) from None
@@ -526,6 +585,24 @@ def setting_keys(record: pretrained.PretrainedNetwork) -> List[str]:
     return [record.path_key, record.url_key, record.sha256_key]
 
 
+def _size(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
+
+
+def describe_cache() -> List[str]:
+    """The lines ``info`` prints about the runtime cache: where it is, who says so, what it holds."""
+    location = export_cache.cache_location()
+    lines = ["runtime cache (frame bodies exported once, checked against eager; 'bob pytorch cache clear' empties it):"]
+    if location.entries is None:
+        return lines + ["  folder:       off", f"    from:       {location.source}"]
+    held = export_cache.contents(location)
+    return lines + [
+        f"  folder:       {location.entries}",
+        f"    from:       {location.source}",
+        f"  holds:        {_count(held.entries, 'entry')}, {_size(held.size)}".replace("entrys", "entries"),
+    ]
+
+
 def describe_backends() -> List[str]:
     """The lines ``info`` prints about the runtimes (``--backend``); nothing is imported or built."""
     auto = runtimes.AUTO_RUNTIME
@@ -563,6 +640,7 @@ def export(
     """
     from .. import onnx_export
 
+    check_not_the_model_file(output, network, model_file)
     check_backend("onnxruntime")  # the check needs ONNX Runtime (and onnx to export)
     try:
         module = weights.load_network(network, model_file, "cpu", trust_checkpoint=trust_checkpoint)
@@ -570,7 +648,7 @@ def export(
         raise ModelUnavailable(_model_problem(error)) from None
     bins = network.front_end.bins
     try:
-        with atomic.replacing(output, "the ONNX model") as temporary:
+        with atomic.replacing(output, "the ONNX model") as temporary, exporter_output_logged():
             onnx_export.export_embedding_network(module, str(temporary), bins)
             difference = onnx_export.check_exported_embedding(temporary.read_bytes(), module, bins)
             if not difference <= runtimes.RUNNER_ATOL:
@@ -578,6 +656,11 @@ def export(
                     f"the exported model differs from the PyTorch network by {difference:.3g} "
                     f"(more than {runtimes.RUNNER_ATOL:g}); nothing written"
                 )
+    except ExportError as error:
+        raise click.ClickException(
+            f"cannot export {network.title}: {_one_line(error)}; nothing written "
+            "('extract-audio --backend eager' still embeds with it)"
+        ) from None
     except OSError as error:
         raise click.ClickException(_one_line(error)) from None
     click.echo(
@@ -585,6 +668,54 @@ def export(
         f"'{onnx_export.EMBEDDING_NAME}' (batch, {network.embedding_dim}); largest difference from PyTorch "
         f"{difference:.1e}"
     )
+
+
+def _same_file(first: str, second: str) -> bool:
+    """Whether two paths name one file: the same inode (hard or symbolic links), or the same path once resolved."""
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # one of them does not exist (yet)
+        return os.path.realpath(first) == os.path.realpath(second)
+
+
+def check_not_the_model_file(output: str, network: pretrained.PretrainedNetwork, model_file: Optional[str]) -> None:
+    """A usage error (exit status 2), before any work, if ``--output`` is the model file the command reads."""
+    try:
+        model = weights.resolve_model_file(network, model_file).path
+    except (SettingsError, TypeError) as error:
+        raise ModelUnavailable(_model_problem(error)) from None
+    if _same_file(output, model):
+        raise click.BadParameter(
+            f"{output} is the model file the network is read from ({model}); write the ONNX model to another file",
+            param_hint="'--output' / '-o'",
+        )
+
+
+@pytorch.group("cache", cls=AliasedGroup)
+def cache() -> None:
+    """The runtime cache: frame bodies exported to ONNX once and kept ('bob pytorch info' shows where)."""
+
+
+@cache.command("clear")
+@verbosity_option(logger=logger)
+def clear_cache(**_: object) -> None:
+    """Remove every entry of the runtime cache; the next command that needs one exports it again.
+
+    Deleting the cache folder (shown by 'bob pytorch info') does the same.
+
+    \b
+    Example:
+      bob pytorch cache clear
+    """
+    try:
+        location = export_cache.cache_location()
+    except SettingsError as error:
+        raise click.ClickException(_one_line(error)) from None
+    if location.entries is None:
+        click.echo(f"the runtime cache is off ({location.source}): nothing to remove")
+        return
+    removed = export_cache.clear(location)
+    click.echo(f"removed {_count(removed, 'file')} from {location.entries}")
 
 
 @pytorch.command("demo")

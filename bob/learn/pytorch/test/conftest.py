@@ -129,11 +129,13 @@ def loopback_only(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def isolated_settings(tmp_path, monkeypatch):
-    """Never read or write the real user settings: HOME, XDG_CONFIG_HOME and BOBRC point to tmp_path."""
+    """Never read or write the real user settings or cache: HOME, XDG_CONFIG_HOME, XDG_CACHE_HOME and BOBRC point to tmp_path."""
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+    monkeypatch.delenv("BOB_LEARN_PYTORCH_RUNTIME_CACHE", raising=False)
     monkeypatch.setenv("BOBRC", str(home / ".bobrc"))
     return home
 
@@ -221,3 +223,32 @@ def toy_record(**changes):
         receptive_field=3, min_frames=5, embedding_dim=16, num_classes=5,
     )
     return dataclasses.replace(record, **changes)
+def _untraceable_resnet34(**arguments):
+    from bob.learn.pytorch.architectures.ResNet import ResNet, resnet34
+
+    class UntraceableResNet(ResNet):
+        """A ResNet-34 whose frame body branches on its input's values, which ``torch.export`` cannot trace."""
+
+        def forward_frames(self, x):
+            if x.device.type != "meta" and float(x.abs().sum()) < 0:  # never true, but it depends on the data
+                x = -x
+            return super().forward_frames(x)
+
+    network = resnet34(**arguments)
+    network.__class__ = UntraceableResNet
+    return network
+
+
+@pytest.fixture
+def untraceable():
+    """A registered network ``untraceable`` (the ResNet-34's record and weights) that the ONNX exporter cannot trace."""
+    import dataclasses
+
+    from bob.learn.pytorch import pretrained
+
+    record = dataclasses.replace(
+        pretrained.get("resnet34"), name="untraceable", title="Untraceable ResNet-34", architecture=_untraceable_resnet34, aliases=()
+    )
+    pretrained.register(record)
+    yield record
+    pretrained.unregister("untraceable")

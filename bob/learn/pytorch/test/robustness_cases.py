@@ -323,6 +323,108 @@ def _wrong_riff_size(folder):
     content = WAV.read_bytes()
     (folder / "x.wav").write_bytes(content[:4] + (len(content)).to_bytes(4, "little") + content[8:])
     return inputs.read_wav(folder / "x.wav")
+def _export_onto_its_model(folder: Path, drn_file: Path):
+    model = folder / "m.pth.tar"
+    shutil.copyfile(drn_file, model)
+    link = folder / "link.pth.tar"
+    link.symlink_to(model)
+    result = CliRunner().invoke(pytorch, ["export", "dltresnet34", "--model", str(model), "-o", str(link)])
+    assert model.read_bytes() == drn_file.read_bytes()
+    return result.exit_code, result.stderr
+
+
+def _export_untraceable(folder: Path, drn_file: Path):
+    import dataclasses
+    import torch
+
+    from .conftest import _untraceable_resnet34
+
+    record = dataclasses.replace(DRN, name="untraceable", title="Untraceable", architecture=_untraceable_resnet34, aliases=())
+    pretrained.register(record)
+    try:
+        model = folder / "u.pth.tar"
+        torch.save({"state_dict": record.build().state_dict()}, model)
+        result = CliRunner().invoke(pytorch, ["export", "untraceable", "--model", str(model), "-o", str(folder / "u.onnx")])
+    finally:
+        pretrained.unregister("untraceable")
+    assert result.stderr.count("\n") == 1, result.stderr
+    return result.exit_code, result.stderr
+
+
+def _runtimes_built_in_two_threads(drn_file: Path, monkeypatch):
+    import threading
+
+    from bob.learn.pytorch.export_cache import CACHE_ENVIRONMENT
+    from bob.learn.pytorch.preprocessor.audio import EmbeddingExtractor
+
+    monkeypatch.setenv(CACHE_ENVIRONMENT, "off")  # both export
+    extractors = [EmbeddingExtractor("dltresnet34", str(drn_file)) for _ in range(2)]
+    names = [None, None]
+    threads = [threading.Thread(target=lambda i=i: names.__setitem__(i, extractors[i].runtime)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return ", ".join(map(str, names))
+
+
+_CACHED_NETWORK = []
+
+
+def _cache_run(model: bytes = b"model"):
+    """One :func:`checked_model` call for one small network with an export that returns ``model``; says whether it exported."""
+    import torch
+
+    from bob.learn.pytorch import export_cache
+
+    if not _CACHED_NETWORK:
+        _CACHED_NETWORK.append(torch.nn.Linear(2, 2))
+
+    exported = []
+
+    def export():
+        exported.append(model)
+        return model
+
+    checked = export_cache.checked_model(
+        _CACHED_NETWORK[0], 257, export_cache.cache_location(), export, lambda data, fresh: export_cache.Checked(data, True, {})
+    )
+    assert checked.value == model
+    return "exported again" if exported else "read from the cache"
+
+
+def _damaged_cache_entry():
+    from bob.learn.pytorch import export_cache
+
+    _cache_run()
+    folder = export_cache.cache_location().entries
+    outcomes = []
+    for damage in (lambda data: data[:2], lambda data: data[::-1]):  # truncated; same size, other bytes
+        model = next(folder.glob("*.onnx"))
+        model.write_bytes(damage(model.read_bytes()))
+        outcomes.append(_cache_run())
+        outcomes.append(_cache_run())
+    return ", ".join(outcomes)
+
+
+def _unwritable_cache(folder: Path, monkeypatch, caplog_records: list):
+    import logging
+
+    from bob.learn.pytorch import export_cache
+
+    blocker = folder / "blocker"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv(export_cache.CACHE_ENVIRONMENT, str(blocker / "cache"))
+    monkeypatch.setattr(export_cache, "_reported", set())
+    handler = logging.Handler()
+    handler.emit = lambda record: caplog_records.append(record.getMessage())
+    logger = logging.getLogger("bob.learn.pytorch.export_cache")
+    logger.addHandler(handler)
+    try:
+        outcomes = [_cache_run(), _cache_run()]
+    finally:
+        logger.removeHandler(handler)
+    return f"{', '.join(outcomes)}; {len(caplog_records)} warning: {caplog_records[0]}"
 
 
 def cases(tmp_path: Path, drn_file: Path, home: Path, server, monkeypatch) -> dict:
@@ -383,4 +485,9 @@ def cases(tmp_path: Path, drn_file: Path, home: Path, server, monkeypatch) -> di
         "``extract-audio`` with an output name longer": lambda: _extract(WAV, "-o", folder / ("o" * 300 + ".h5")),
         "``extract-audio`` with a WAV file cut short": lambda: _cut_short_wav(folder, drn_file),
         "WAV file whose RIFF size is wrong": lambda: _wrong_riff_size(folder),
+        "``export`` with ``-o`` naming the model file": lambda: _export_onto_its_model(folder, drn_file),
+        "``export`` of a network that ``torch.export`` cannot trace": lambda: _export_untraceable(folder, drn_file),
+        "two extractors building their runtime at once": lambda: _runtimes_built_in_two_threads(drn_file, monkeypatch),
+        "runtime cache entry whose model": lambda: _damaged_cache_entry(),
+        "runtime cache folder that cannot be written": lambda: _unwritable_cache(folder, monkeypatch, []),
     }

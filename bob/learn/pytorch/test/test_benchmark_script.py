@@ -57,3 +57,17 @@ def test_runtimes_benchmark_checks_and_times_every_installed_runtime(tmp_path, c
     assert result["auto_1_0"] == ("onnxruntime" if result["machine"]["avx512"] else "mnn")
     printed = capsys.readouterr().out
     assert "2.0 auto here: " + result["auto_2_0"] in printed and "mnn/1.0 auto" in printed
+
+
+def test_first_use_benchmark_pairs_each_command_with_the_2019_style_script(drn_file, tmp_path, capsys):
+    report = tmp_path / "firstuse.json"
+    arguments = ["--pairs", "1", "--seconds", "1", "--model", str(drn_file), "--variants", "eager", "--json", str(report)]
+    load_script("firstuse").main(arguments)
+    result = json.loads(report.read_text())
+    assert result["machine"]["instruction_set"] in ("AVX-512", "AVX2", "neither AVX-512 nor AVX2")
+    assert sorted(result["times"]) == ["eager", "script-2019"] and all(len(times) == 1 for times in result["times"].values())
+    assert result["rows"]["script-2019"]["ratio"] == 1.0
+    assert result["rows"]["eager"]["ratio"] == result["times"]["eager"][0] / result["times"]["script-2019"][0]
+    printed = capsys.readouterr().out.splitlines()
+    assert f"({result['machine']['instruction_set']})" in printed[0] and "load average" in printed[0]
+    assert printed[-1].startswith("eager ")

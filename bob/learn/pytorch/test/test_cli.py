@@ -20,7 +20,7 @@ import scipy.signal
 import torch
 from click.testing import CliRunner
 
-from bob.learn.pytorch import runtimes
+from bob.learn.pytorch import export_cache, runtimes
 from bob.learn.pytorch.pretrained import PretrainedNetwork
 from bob.learn.pytorch import inputs, outputs
 from bob.learn.pytorch.script import pytorch as cli
@@ -644,7 +644,8 @@ def test_info_shows_the_runtimes_and_the_install_hint_without_onnxruntime(withou
     ]
 
 
-def test_download_models_keeps_a_present_file_without_network(isolated_settings, drn_file):
+def test_download_models_keeps_a_present_file_without_network(isolated_settings, drn_file, monkeypatch):
+    monkeypatch.setenv(export_cache.CACHE_ENVIRONMENT, "off")  # nothing but the model file (the cache: below)
     write_settings(isolated_settings, {DRN_PATH_KEY: str(drn_file), DRN_URL_KEY: "http://127.0.0.1:9/never"})
     before = drn_file.stat().st_mtime_ns
     result = run("download-models", "drn34")
@@ -898,3 +899,138 @@ def test_info_never_shows_the_credentials_of_an_address(isolated_settings):
     assert result.exit_code == 0, result.stderr
     assert "https://***@mirror.example/drn.pth.tar" in result.stdout
     assert "alice" not in result.stdout and "s3cret" not in result.stdout
+
+
+# -- the runtime cache and export's edges -----------------------------------------------------------
+
+needs_onnxruntime = pytest.mark.skipif(not runtimes.onnxruntime_available(), reason='needs ".[fast]"')
+
+
+def cache_section(text):
+    """The lines of ``info``'s section on the runtime cache."""
+    section = next(part for part in text.strip().split("\n\n") if part.startswith("runtime cache"))
+    return section.splitlines()[1:]
+
+
+def test_info_shows_where_the_runtime_cache_is_and_what_it_holds(isolated_settings, no_network_built):
+    folder = isolated_settings / ".cache" / "bob.learn.pytorch" / "frame-body"
+    assert cache_section(run("info").stdout) == [
+        f"  folder:       {folder}",
+        "    from:       default ($XDG_CACHE_HOME, else ~/.cache)",
+        "  holds:        0 entries, 0.0 MiB",
+    ]
+    folder.mkdir(parents=True)
+    for name in ("a" * 32, "b" * 32):
+        (folder / f"{name}.onnx").write_bytes(bytes(3 * 2**20))
+        (folder / f"{name}.json").write_bytes(bytes(2**19))
+    (folder / f"{'c' * 32}.onnx").write_bytes(bytes(2**20))  # no index: not an entry
+    assert cache_section(run("info").stdout)[2] == "  holds:        2 entries, 7.0 MiB"
+    settings_file = write_settings(isolated_settings, {export_cache.CACHE_SETTING: "off"})
+    text = run("info").stdout
+    assert cache_section(text) == ["  folder:       off", f"    from:       setting {export_cache.CACHE_SETTING} in {settings_file}"]
+    assert f"{export_cache.CACHE_SETTING} = 'off'  ({settings_file})" in text
+
+
+def test_a_wrong_cache_setting_is_one_line(isolated_settings, tmp_path):
+    write_settings(isolated_settings, {export_cache.CACHE_SETTING: "relative/cache"})
+    for command in (["info"], ["cache", "clear"], ["download-models", "drn34"]):
+        result = run(*command)
+        assert result.exit_code == 1
+        assert result.stderr == (
+            f"Error: setting {export_cache.CACHE_SETTING} in {isolated_settings / '.config' / 'bobrc.toml'} must be an "
+            "absolute folder or 'off', got 'relative/cache'\n"
+        )
+
+
+def test_cache_clear_removes_the_entries_only(isolated_settings, monkeypatch):
+    folder = isolated_settings / ".cache" / "bob.learn.pytorch" / "frame-body"
+    folder.mkdir(parents=True)
+    (folder / f"{'a' * 32}.onnx").write_bytes(b"model")
+    (folder / f"{'a' * 32}.json").write_text("{}")
+    (folder / "mine.txt").write_text("kept")
+    result = run("cache", "clear")
+    assert (result.exit_code, result.stdout) == (0, f"removed 2 files from {folder}\n")
+    assert sorted(path.name for path in folder.iterdir()) == ["mine.txt"]
+    monkeypatch.setenv(export_cache.CACHE_ENVIRONMENT, "off")
+    result = run("cache", "clear")
+    assert result.stdout == "the runtime cache is off (environment variable BOB_LEARN_PYTORCH_RUNTIME_CACHE): nothing to remove\n"
+
+
+@needs_onnxruntime
+def test_download_models_fills_the_runtime_cache_and_later_commands_skip_the_export(isolated_settings, drn_file, tmp_path, monkeypatch):
+    write_settings(isolated_settings, {DRN_PATH_KEY: str(drn_file), DRN_URL_KEY: "http://127.0.0.1:9/never"})
+    folder = isolated_settings / ".cache" / "bob.learn.pytorch" / "frame-body"
+    result = run("download-models", "drn34")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        f"DltResNet-34: {drn_file}\n  runtime: onnxruntime, checked against eager and kept in {folder}\n"
+    )
+    assert export_cache.contents().entries == 1
+
+    def no_export(*args):
+        raise AssertionError("the frame body must come from the cache")
+
+    monkeypatch.setattr(runtimes, "export_frame_body", no_export)
+    output = tmp_path / "e.h5"
+    result = run("extract-audio", SPEECH / GOOD[0], "-o", output, "--backend", "onnxruntime")
+    assert result.exit_code == 0, result.output
+    assert export_cache.contents().entries == 1 and output.is_file()
+
+
+def _hard_link(model, folder):
+    link = folder / "hard.pth.tar"
+    os.link(model, link)
+    return link
+
+
+def _symbolic_link(model, folder):
+    link = folder / "soft.pth.tar"
+    link.symlink_to(model)
+    return link
+
+
+@pytest.mark.parametrize(
+    "output_of",
+    [
+        pytest.param(lambda model, folder: model, id="the same path"),
+        pytest.param(lambda model, folder: Path(os.path.relpath(model)), id="a relative path"),
+        pytest.param(_symbolic_link, id="a symbolic link"),
+        pytest.param(_hard_link, id="a hard link"),
+    ],
+)
+def test_export_refuses_to_write_onto_the_model_it_reads_before_any_work(tmp_path, drn_file, output_of, monkeypatch):
+    model = tmp_path / "models" / "m.pth.tar"
+    model.parent.mkdir()
+    shutil.copyfile(drn_file, model)
+    output = output_of(model, model.parent)
+    monkeypatch.setattr(cli, "load_extractor", lambda *args, **kwargs: pytest.fail("the model must not be loaded"))
+    result = run("export", "dltresnet34", "--model", output if output_of is _symbolic_link else model, "-o", output)
+    assert result.exit_code == 2
+    assert f"Invalid value for '--output' / '-o': {output} is the model file the network is read from" in result.stderr
+    assert "write the ONNX model to another file" in result.stderr
+    assert model.read_bytes() == drn_file.read_bytes()
+
+
+def test_export_refuses_to_write_onto_the_model_its_setting_names(isolated_settings, drn_file, tmp_path):
+    model = tmp_path / "m.pth.tar"
+    shutil.copyfile(drn_file, model)
+    write_settings(isolated_settings, {DRN_PATH_KEY: str(model)})
+    result = run("export", "dltresnet34", "-o", model)
+    assert result.exit_code == 2 and "is the model file the network is read from" in result.stderr
+    assert model.read_bytes() == drn_file.read_bytes()
+
+
+@needs_onnxruntime
+def test_a_network_torch_export_cannot_trace_is_one_line(untraceable, rn_file, tmp_path):
+    output = tmp_path / "u.onnx"
+    result = run("export", "untraceable", "-o", output, "--model", rn_file)
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: cannot export Untraceable ResNet-34: torch.export cannot trace the network UntraceableResNet (")
+    assert lines[0].endswith("); nothing written ('extract-audio --backend eager' still embeds with it)")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["home"]  # no model, no temporary
+    result = run("extract-audio", SPEECH / GOOD[0], "-o", output.with_suffix(".h5"), "-n", "untraceable", "--model", rn_file, "--backend", "onnxruntime")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: --backend onnxruntime: ONNX Runtime could not run the network (ExportError: torch.export cannot")
+    assert result.stderr.endswith("); use backend 'auto' or 'eager'\n") and result.stderr.count("\n") == 1, result.stderr

@@ -122,7 +122,7 @@ def test_a_failing_runtime_falls_back_to_eager_under_auto_and_fails_when_named(d
 
 @needs_onnxruntime
 def test_a_runtime_with_wrong_numbers_is_never_used(drn_file, monkeypatch, caplog):
-    monkeypatch.setattr(runtimes, "probe_errors", lambda network, runtime, bins: (1e-2, 0.3))
+    monkeypatch.setattr(runtimes, "probe_errors", lambda network, runtime, bins, shape: (1e-2, 0.3))
     with caplog.at_level(logging.WARNING, logger="bob.learn.pytorch.runtimes"):
         assert DltResNetExtractor(str(drn_file)).runtime == "eager"
     assert "differs from the eager one (frame features 0.01 relative, embeddings 0.3); using eager" in caplog.text
