@@ -28,7 +28,7 @@ Exactness: the statistics are computed in float64 from float64 cosines; chunking
 changes no number beyond the rounding of float64 matrix products (about 1e-15).
 """
 import numbers
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -43,6 +43,8 @@ __all__ = [
     "SNormScores",
     "ASNormScores",
     "PipelineScoreSNorm",
+    "template_matrix",
+    "score_trials",
     "DEFAULT_CHUNK_ROWS",
 ]
 
@@ -426,3 +428,70 @@ def _bob_samples() -> tuple:
     with sigint_handler_kept():
         from bob.pipelines import Sample, SampleSet
     return Sample, SampleSet
+
+
+# -- trials of named embeddings -------------------------------------------------------------------
+
+
+def template_matrix(rows_by_key: Mapping[str, numpy.ndarray], keys: Sequence[str]) -> numpy.ndarray:
+    """One unit vector per key (``(len(keys), D)``), averaging each key's rows.
+
+    A key with several rows (the chunks of a recording) is represented by the
+    mean of its L2-normalised rows, renormalised to unit length.
+    """
+    from .score_files import template_embedding
+
+    return numpy.vstack([template_embedding(rows_by_key[key]) for key in keys])
+
+
+def score_trials(
+    rows_by_key: Mapping[str, numpy.ndarray],
+    trials: Sequence[Any],
+    cohort: Optional[Any] = None,
+    top_n: Optional[int] = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> numpy.ndarray:
+    """Cosine score of each trial, S-normalised against ``cohort`` if given.
+
+    Parameters
+    ----------
+    rows_by_key : mapping
+        ``{key: (n, D) rows}``, e.g. :attr:`~bob.learn.pytorch.score_files.EmbeddingTable.rows`.
+    trials : sequence of Trial
+        ``enrolment`` and ``probe`` keys of each comparison.
+    cohort : array_like, optional
+        ``(C, D)`` cohort embeddings (one per cohort recording); none: raw cosines.
+    top_n : int, optional
+        AS-norm over each side's ``top_n`` highest cohort scores.
+    chunk_rows : int
+        As for :func:`cohort_statistics`.
+
+    Returns
+    -------
+    numpy.ndarray
+        One float64 score per trial.
+
+    Raises
+    ------
+    KeyError
+        Naming up to three keys the trials use and the embeddings lack (checked first).
+    """
+    missing = sorted({key for trial in trials for key in (trial.enrolment, trial.probe)} - set(rows_by_key))
+    if missing:
+        raise KeyError(f"{len(missing)} keys of the trials have no embedding, e.g. {', '.join(missing[:3])}")
+    if top_n is not None and cohort is None:
+        raise ValueError("top_n needs a cohort")
+    enrolment_keys = list(dict.fromkeys(trial.enrolment for trial in trials))
+    probe_keys = list(dict.fromkeys(trial.probe for trial in trials))
+    enrolments, probes = template_matrix(rows_by_key, enrolment_keys), template_matrix(rows_by_key, probe_keys)
+    _same_width(enrolments, probes, "enrolment embeddings", "probe")
+    row_of = {key: index for index, key in enumerate(enrolment_keys)}
+    column_of = {key: index for index, key in enumerate(probe_keys)}
+    e_index = numpy.array([row_of[trial.enrolment] for trial in trials])
+    p_index = numpy.array([column_of[trial.probe] for trial in trials])
+    raw = numpy.einsum("ij,ij->i", enrolments[e_index], probes[p_index])
+    if cohort is None:
+        return raw
+    enrol = cohort_statistics(enrolments, cohort, top_n, chunk_rows)
+    probe = cohort_statistics(probes, cohort, top_n, chunk_rows)
+    return ((raw - enrol.mean[e_index]) / enrol.std[e_index] + (raw - probe.mean[p_index]) / probe.std[p_index]) / 2

@@ -23,6 +23,7 @@ from .. import atomic, devices, model_files, pretrained, runtimes, settings
 from ..errors import CheckpointError, ModelDownloadError, RuntimeBuildError, SettingsError
 from ..preprocessor.audio import EmbeddingExtractor
 from . import extract as extraction
+from . import score as score_commands
 
 logger = logging.getLogger("bob.learn.pytorch")
 
@@ -643,6 +644,10 @@ def demo(
     except (OSError, ValueError) as error:
         raise click.ClickException(_one_line(error)) from None
     click.echo(report)
+
+
+for _command in score_commands.COMMANDS:  # score, calibrate (script/score.py)
+    pytorch.add_command(_command)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
