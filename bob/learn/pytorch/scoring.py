@@ -28,7 +28,9 @@ Exactness: the statistics are computed in float64 from float64 cosines; chunking
 changes no number beyond the rounding of float64 matrix products (about 1e-15).
 """
 import numbers
-from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -45,6 +47,7 @@ __all__ = [
     "PipelineScoreSNorm",
     "template_matrix",
     "score_trials",
+    "run_pipeline_s_norm",
     "DEFAULT_CHUNK_ROWS",
 ]
 
@@ -495,3 +498,55 @@ def score_trials(
     enrol = cohort_statistics(enrolments, cohort, top_n, chunk_rows)
     probe = cohort_statistics(probes, cohort, top_n, chunk_rows)
     return ((raw - enrol.mean[e_index]) / enrol.std[e_index] + (raw - probe.mean[p_index]) / probe.std[p_index]) / 2
+
+
+def run_pipeline_s_norm(
+    pipeline_simple: "bob.bio.base.pipelines.PipelineSimple",
+    database: Any,
+    output: Union[str, "os.PathLike[str]"],
+    group: str = "dev",
+    top_n: Optional[int] = None,
+) -> Tuple[Path, Path]:
+    """Run ``pipeline_simple`` on a database with a cohort and write raw and S-normalised CSV scores.
+
+    What ``bob bio pipeline score-norm`` does for Z- and T-norm, for S-norm
+    (or AS-norm with ``top_n``): the cohort is ``database.treferences()``
+    (``train/for_tnorm.csv``, which
+    :func:`~bob.learn.pytorch.database.recordings_database` writes with
+    ``cohort_speakers``), and the scores go where that command puts its own:
+    ``<output>/scores-<group>/raw_scores.csv`` and ``s-norm.csv`` (or
+    ``as-norm.csv``), in bob's CSV score format (``bob bio metrics`` reads them).
+    No dask and no checkpoints.
+
+    Returns
+    -------
+    tuple of pathlib.Path
+        The raw and the normalised score files.
+
+    Raises
+    ------
+    ValueError
+        If the database lists no cohort, enrolment or probe for ``group``.
+    """
+    from .bob_imports import sigint_handler_kept
+
+    with sigint_handler_kept():
+        from bob.bio.base.pipelines import CSVScoreWriter
+
+    cohort = database.treferences()
+    if not cohort:
+        raise ValueError("the database lists no cohort (train/for_tnorm.csv): pass cohort_speakers= to "
+                         "recordings_database, or write the file")
+    references, probes = database.references(group=group), database.probes(group=group)
+    if not references or not probes:
+        raise ValueError(f"the database has no enrolment or no probe in group {group!r}")
+    folder = Path(output) / f"scores-{group}"
+    folder.mkdir(parents=True, exist_ok=True)
+    pipeline_simple.score_writer = CSVScoreWriter(os.fspath(Path(output) / "tmp"))
+    pipeline = PipelineScoreSNorm(pipeline_simple, SNormScores(top_n))
+    raw, normalised = pipeline(database.background_model_samples(), references, probes, cohort,
+                               score_all_vs_all=getattr(database, "score_all_vs_all", False))
+    written = (folder / "raw_scores.csv", folder / ("as-norm.csv" if top_n else "s-norm.csv"))
+    for scores, path in zip((raw, normalised), written):
+        pipeline.post_process(pipeline.write_scores(scores), os.fspath(path))
+    return written
