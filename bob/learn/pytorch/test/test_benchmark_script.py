@@ -57,3 +57,12 @@ def test_runtimes_benchmark_checks_and_times_every_installed_runtime(tmp_path, c
     assert result["auto_1_0"] == ("onnxruntime" if result["machine"]["avx512"] else "mnn")
     printed = capsys.readouterr().out
     assert "2.0 auto here: " + result["auto_2_0"] in printed and "mnn/1.0 auto" in printed
+
+
+def test_cohort_benchmark_compares_chunked_and_whole_matrix(tmp_path, capsys):
+    report = tmp_path / "cohort.json"
+    load_script("cohort").main(["--probes", "300", "--cohort", "200", "--top-n", "20", "--chunk-rows", "64",
+                                "--json", str(report)])
+    result = json.loads(report.read_text())
+    assert result["max_difference"] == 0.0 and result["chunked_peak_mib"] < result["baseline_peak_mib"]
+    assert "ratios chunked/whole: time" in capsys.readouterr().out
