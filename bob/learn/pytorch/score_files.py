@@ -19,7 +19,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import h5py
 import numpy
@@ -369,11 +369,3 @@ def _provenance(values: Dict[str, str]) -> ScoreProvenance:
         top_n=number(values["top_n"]),
     )
 
-
-def iter_keys(trials: Sequence[Trial]) -> Iterator[str]:
-    """Every key the trials name, each once, enrolments first."""
-    seen = set()
-    for key in [trial.enrolment for trial in trials] + [trial.probe for trial in trials]:
-        if key not in seen:
-            seen.add(key)
-            yield key

@@ -375,7 +375,7 @@ class PipelineScoreSNorm:
         The normaliser (:class:`SNormScores` or :class:`ASNormScores`).
     """
 
-    def __init__(self, pipeline_simple: "bob.bio.base.pipelines.PipelineSimple", post_processor: SNormScores):
+    def __init__(self, pipeline_simple: Any, post_processor: SNormScores):
         self.pipeline_simple = pipeline_simple
         self.post_processor = post_processor
 
@@ -501,7 +501,7 @@ def score_trials(
 
 
 def run_pipeline_s_norm(
-    pipeline_simple: "bob.bio.base.pipelines.PipelineSimple",
+    pipeline_simple: Any,
     database: Any,
     output: Union[str, "os.PathLike[str]"],
     group: str = "dev",
