@@ -16,6 +16,17 @@ Protocol layout written (``<protocol>/<group>/``)::
 extension. Each speaker's first ``enroll_per_speaker`` files (in sorted
 order) form the speaker's model; every other file is a probe scored against
 every model.
+
+With ``cohort_speakers``, those speakers' recordings are set aside as the
+score-normalisation cohort, enrolled and probed nowhere, and listed in the
+files bob's score normalisation reads (one template per recording)::
+
+    train/for_znorm.csv  path,subject_id,template_id   (template_id = path)
+    train/for_tnorm.csv  path,subject_id,template_id   (template_id = path)
+
+``bob bio pipeline score-norm`` reads them for Z- and T-norm; S-norm and
+AS-norm run through :class:`bob.learn.pytorch.scoring.PipelineScoreSNorm`
+with ``database.treferences()`` as the cohort.
 """
 import contextlib
 import csv
@@ -25,7 +36,7 @@ import os
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, TypedDict, Union, Unpack
+from typing import Any, Dict, Sequence, TypedDict, Union, Unpack
 
 import scipy.io.wavfile
 from sklearn.pipeline import make_pipeline
@@ -51,6 +62,7 @@ class ProtocolOptions(TypedDict, total=False):
     enroll_per_speaker: int
     group: str
     extension: str
+    cohort_speakers: Sequence[str]
 
 
 def read_speakers(csv_file: PathLike) -> dict:
@@ -174,6 +186,21 @@ def _split(files: list, speaker_of: dict, enroll_per_speaker: int, extension: st
     return enroll, probe
 
 
+def _cohort_rows(files: list, speaker_of: dict, cohort_speakers: Sequence[str], extension: str, folder: Path) -> list:
+    """Rows ``(path, subject_id, template_id=path)`` of the cohort speakers' recordings."""
+    if isinstance(cohort_speakers, str):
+        raise TypeError(f"cohort_speakers must be a list of speaker names, got the string {cohort_speakers!r}")
+    absent = sorted(set(cohort_speakers) - set(speaker_of.values()))
+    if absent:
+        raise ValueError(f"cohort speakers {', '.join(map(repr, absent))} have no recording in {folder}")
+    rows = []
+    for name in files:
+        if speaker_of[name] in set(cohort_speakers):
+            path = name[: -len(extension)] if extension else name
+            rows.append((path, speaker_of[name], path))
+    return rows
+
+
 def _csv_text(rows: list) -> str:
     buffer = _io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -211,6 +238,7 @@ def write_csv_protocol(
     enroll_per_speaker: int = 1,
     group: str = "dev",
     extension: str = ".wav",
+    cohort_speakers: Sequence[str] = (),
 ) -> Path:
     """Write ``for_enrolling.csv`` and ``for_probing.csv`` for the recordings of a folder.
 
@@ -236,6 +264,10 @@ def write_csv_protocol(
         ``dev`` or ``eval``.
     extension : str
         File name ending of the recordings.
+    cohort_speakers : sequence of str
+        Speakers whose recordings form the score-normalisation cohort:
+        written to ``<protocol>/train/for_znorm.csv`` and ``for_tnorm.csv``
+        and left out of enrolment and probing.
 
     Returns
     -------
@@ -247,8 +279,8 @@ def write_csv_protocol(
     FileNotFoundError
         If ``recordings`` is not a folder.
     ValueError
-        If there are no recordings, a recording has no speaker, or no file
-        is left for probing.
+        If there are no recordings, a recording has no speaker, a cohort
+        speaker has no recording, or no file is left for probing.
     """
     from .embedding import whole_number  # here: the module stays free of PyTorch for dask's scheduler
 
@@ -257,14 +289,22 @@ def write_csv_protocol(
         raise ValueError(f"group must be 'dev' or 'eval', got {group!r}")
     folder = Path(recordings)
     files = _recordings(folder, extension)
-    enroll, probe = _split(files, _speaker_of(files, speakers, folder), enroll_per_speaker, extension)
+    speaker_of = _speaker_of(files, speakers, folder)
+    cohort = _cohort_rows(files, speaker_of, cohort_speakers, extension, folder)
+    kept = [name for name in files if speaker_of[name] not in set(cohort_speakers)]
+    enroll, probe = _split(kept, speaker_of, enroll_per_speaker, extension)
     if not probe:
         raise ValueError(
             f"no recording of {folder} is left for probing with enroll_per_speaker={enroll_per_speaker}; "
             "lower it or add recordings"
         )
     target = Path(protocols) / protocol / group
-    _write_if_changed({target / "for_enrolling.csv": _csv_text(enroll), target / "for_probing.csv": _csv_text(probe)})
+    files_to_write = {target / "for_enrolling.csv": _csv_text(enroll), target / "for_probing.csv": _csv_text(probe)}
+    if cohort:
+        train = Path(protocols) / protocol / "train"
+        files_to_write.update({train / "for_znorm.csv": _csv_text(cohort), train / "for_tnorm.csv": _csv_text(cohort)})
+        logger.info("protocol %s: a cohort of %d recordings in %s", protocol, len(cohort), train)
+    _write_if_changed(files_to_write)
     logger.info("protocol %s: %d enrolment and %d probe files in %s", protocol, len(enroll), len(probe), target)
     return target
 
@@ -336,8 +376,8 @@ def recordings_database(
         Name of the database in bob's messages.
     **options
         The keyword arguments of :func:`write_csv_protocol` (``protocol``,
-        ``enroll_per_speaker``, ``group``, ``extension``); ``protocol`` and
-        ``extension`` go to :func:`csv_database` too.
+        ``enroll_per_speaker``, ``group``, ``extension``, ``cohort_speakers``);
+        ``protocol`` and ``extension`` go to :func:`csv_database` too.
     """
     write_csv_protocol(recordings, protocols, speakers, **options)
     shared: Dict[str, Any] = {key: options[key] for key in ("protocol", "extension") if key in options}

@@ -27,6 +27,7 @@ from ..inputs import AudioInput, Embedded, Failure, collect_inputs, embed_inputs
 
 if TYPE_CHECKING:
     from ..preprocessor.audio import EmbeddingExtractor
+from . import score as score_commands
 
 logger = logging.getLogger("bob.learn.pytorch")
 
@@ -758,6 +759,10 @@ def demo(
     except (OSError, ValueError) as error:
         raise click.ClickException(_one_line(error)) from None
     click.echo(report)
+
+
+for _command in score_commands.COMMANDS:  # score, calibrate (script/score.py)
+    pytorch.add_command(_command)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -26,7 +26,7 @@ from bob.learn.pytorch.weights import (
     resolve_sha256,
 )
 from bob.learn.pytorch import pretrained
-from bob.learn.pytorch import inputs
+from bob.learn.pytorch import inputs, outputs
 from bob.learn.pytorch.script.pytorch import pytorch
 
 from .conftest import SPEECH, toy_network, toy_record
@@ -490,4 +490,41 @@ def cases(tmp_path: Path, drn_file: Path, home: Path, server, monkeypatch) -> di
         "two extractors building their runtime at once": lambda: _runtimes_built_in_two_threads(drn_file, monkeypatch),
         "runtime cache entry whose model": lambda: _damaged_cache_entry(),
         "runtime cache folder that cannot be written": lambda: _unwritable_cache(folder, monkeypatch, []),
+        "``score --calibration``": lambda: _calibration_for_another_norm(folder),
+        "``score --trials``": lambda: _unknown_trial_key(folder),
+        "``calibrate`` on": lambda: _calibrate_without_targets(folder),
     }
+
+
+def _command(*args):
+    result = CliRunner().invoke(pytorch, [str(arg) for arg in args], catch_exceptions=False)
+    return result.exit_code, result.stderr
+
+
+def _scoring_inputs(folder: Path) -> Path:
+    """Six random 8-dimensional embeddings of speakers s0 and s1, as extract-audio writes them."""
+    rng = numpy.random.default_rng(0)
+    results = [inputs.Embedded(inputs.AudioInput(f"s{i % 2}/r{i}", WAV), rng.standard_normal((1, 8)).astype(numpy.float32),
+                                16000, 16000) for i in range(6)]
+    outputs.write_output(results, folder / "e.h5", {"network": "dltresnet34"})
+    return folder / "e.h5"
+
+
+def _calibration_for_another_norm(folder: Path):
+    embeddings = _scoring_inputs(folder)
+    _command("score", embeddings, "-o", folder / "dev.csv", "--norm", "s-norm", "--cohort", embeddings)
+    _command("calibrate", folder / "dev.csv", "-o", folder / "c.json")
+    return _command("score", embeddings, "-o", folder / "llr.csv", "--calibration", folder / "c.json")
+
+
+def _unknown_trial_key(folder: Path):
+    embeddings = _scoring_inputs(folder)
+    (folder / "t.txt").write_text("s0/r0 nobody target\n")
+    return _command("score", embeddings, "-t", folder / "t.txt", "-o", folder / "s.csv")
+
+
+def _calibrate_without_targets(folder: Path):
+    embeddings = _scoring_inputs(folder)
+    (folder / "t.txt").write_text("s0/r0 s1/r1 nontarget\ns0/r0 s1/r3 nontarget\n")
+    _command("score", embeddings, "-t", folder / "t.txt", "-o", folder / "s.csv")
+    return _command("calibrate", folder / "s.csv", "-o", folder / "c.json")

@@ -71,3 +71,12 @@ def test_first_use_benchmark_pairs_each_command_with_the_2019_style_script(drn_f
     printed = capsys.readouterr().out.splitlines()
     assert f"({result['machine']['instruction_set']})" in printed[0] and "load average" in printed[0]
     assert printed[-1].startswith("eager ")
+
+
+def test_cohort_benchmark_compares_chunked_and_whole_matrix(tmp_path, capsys):
+    report = tmp_path / "cohort.json"
+    load_script("cohort").main(["--probes", "300", "--cohort", "200", "--top-n", "20", "--chunk-rows", "64",
+                                "--json", str(report)])
+    result = json.loads(report.read_text())
+    assert result["max_difference"] < 1e-12 and result["chunked_peak_mib"] < result["baseline_peak_mib"]
+    assert "ratios chunked/whole: time" in capsys.readouterr().out

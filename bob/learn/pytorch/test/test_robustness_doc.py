@@ -167,7 +167,7 @@ def test_table_covers_every_case():
     rows = table_rows()
     assert len(rows) == 43
     assert all(len(row) == 3 for row in rows)
-    assert len(table_rows(1)) == 52
+    assert len(table_rows(1)) == 55
     assert all(len(row) == 3 for row in table_rows(1))
 
 
