@@ -1,7 +1,7 @@
 """Files around scoring: embeddings written by ``extract-audio``, trial lists, CSV score files.
 
 * :func:`read_embeddings` reads the three outputs of ``bob pytorch
-  extract-audio`` (HDF5, ``.npy`` with its ``.rows.csv`` table, CSV) as
+  extract-audio`` (HDF5, ``.npy`` record array, CSV) as
   ``{name: rows}``; it is the one place that knows those formats.
 * :func:`read_trials` reads trial lists, one ``enrolment-key probe-key
   [target|nontarget]`` per line.
@@ -111,8 +111,8 @@ def read_embeddings(path: PathLike) -> EmbeddingTable:
       group ``sub``); datasets of another width than the widest (time
       stamps, say) are not embeddings and are skipped; the file's attributes
       (``network``, ``model_file``...) are kept.
-    * ``.npy``: a ``(rows, D)`` array, named row by row by the ``row,name``
-      columns of ``<stem>.rows.csv`` beside it.
+    * ``.npy``: the record array of ``extract-audio``, one record per row,
+      named by its ``name`` field, the vector in its ``embedding`` field.
     * ``.csv``: a ``name`` column and the embedding columns ``e0``, ``e1``...
       (other columns are skipped).
 
@@ -124,7 +124,7 @@ def read_embeddings(path: PathLike) -> EmbeddingTable:
     Raises
     ------
     FileNotFoundError
-        If the file (or an ``.npy`` file's row table) does not exist.
+        If the file does not exist.
     ValueError
         If the suffix is unknown or the file holds no embeddings in that format.
     """
@@ -166,20 +166,16 @@ def _plain(value: object) -> object:
 
 
 def _read_npy(path: Path) -> EmbeddingTable:
-    table = path.with_name(path.stem + ".rows.csv")
-    if not table.is_file():
-        raise FileNotFoundError(f"{path} has no row table {table.name} beside it, which names its rows")
-    array = numpy.load(path, allow_pickle=False)
-    if array.ndim != 2 or array.dtype.kind != "f":
-        raise ValueError(f"{path} is not a 2-D array of embeddings (shape {array.shape}, dtype {array.dtype})")
-    with open(table, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or not {"row", "name"} <= set(rows[0]):
-        raise ValueError(f"{table} needs the columns 'row' and 'name'")
-    if len(rows) != len(array):
-        raise ValueError(f"{table} names {len(rows)} rows but {path} holds {len(array)}")
-    names = [row["name"] for row in sorted(rows, key=lambda row: int(row["row"]))]
-    return EmbeddingTable(_group(names, array.astype(numpy.float64)), {})
+    try:
+        records = numpy.load(path, allow_pickle=False)
+    except ValueError as error:
+        raise ValueError(f"{path} is not an .npy file of 'bob pytorch extract-audio' ({error})") from None
+    fields = records.dtype.names or ()
+    if records.ndim != 1 or not {"name", "embedding"} <= set(fields):
+        raise ValueError(f"{path} is not a record array with the fields 'name' and 'embedding' "
+                         f"(shape {records.shape}, fields {', '.join(fields) or 'none'})")
+    embeddings = numpy.asarray(records["embedding"], dtype=numpy.float64).reshape(len(records), -1)
+    return EmbeddingTable(_group([str(name) for name in records["name"]], embeddings), {})
 
 
 def _read_csv(path: Path) -> EmbeddingTable:

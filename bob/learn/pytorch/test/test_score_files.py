@@ -31,13 +31,16 @@ def test_csv_rows_group_by_name_and_other_columns_are_skipped(tmp_path):
     numpy.testing.assert_array_equal(table.rows["b"], [[3, 4]])
 
 
-def test_npy_rows_are_named_by_their_table(tmp_path):
-    numpy.save(tmp_path / "e.npy", numpy.arange(6, dtype=numpy.float32).reshape(3, 2))
-    (tmp_path / "e.rows.csv").write_text("row,name,chunk,source\n0,x,0,/x.wav\n1,y,0,/y.wav\n2,x,1,/x.wav\n")
+def test_npy_rows_are_named_by_their_name_field(tmp_path):
+    records = numpy.zeros(3, dtype=[("name", "U8"), ("chunk", "i8"), ("embedding", "f4", (2,))])
+    records["name"] = ["x", "y", "x"]
+    records["embedding"] = numpy.arange(6, dtype=numpy.float32).reshape(3, 2)
+    numpy.save(tmp_path / "e.npy", records)
     table = read_embeddings(tmp_path / "e.npy")
     numpy.testing.assert_array_equal(table.rows["x"], [[0, 1], [4, 5]])
-    (tmp_path / "e.rows.csv").unlink()
-    with pytest.raises(FileNotFoundError, match="e.npy has no row table e.rows.csv beside it, which names its rows"):
+    numpy.testing.assert_array_equal(table.rows["y"], [[2, 3]])
+    numpy.save(tmp_path / "e.npy", numpy.arange(6, dtype=numpy.float32).reshape(3, 2))
+    with pytest.raises(ValueError, match="e.npy is not a record array with the fields 'name' and 'embedding'"):
         read_embeddings(tmp_path / "e.npy")
 
 
