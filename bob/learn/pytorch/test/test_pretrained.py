@@ -344,6 +344,7 @@ PLUGIN_MODULE = '''"""A network plug-in for bob.learn.pytorch: the toy network a
 import torch
 from torch import nn
 
+from bob.learn.pytorch.architectures.utils import SpeakerEmbeddingNet
 from bob.learn.pytorch.pretrained import PretrainedNetwork
 
 
