@@ -14,7 +14,10 @@ state dict, compute the spectrogram, one eager forward) and each variant of
 - ``auto-warm``: ``--backend auto`` with the runtime cache holding the network's
   frame body (filled once before the rounds);
 - ``auto-cold``: ``--backend auto`` with an empty runtime cache (the process
-  exports, checks and writes the entry).
+  exports, checks and writes the entry);
+- ``cli-import``: ``bob pytorch extract-audio --help``, the floor of any
+  command: bob's ``bob`` command imports every registered plugin's command
+  group (bob.bio.base's pipelines, dask) before it runs one.
 
 A variant's ratio in a round is its wall time (process start to exit) over
 the 2019-style script's in the same round; the report gives the median of
@@ -43,7 +46,7 @@ if str(REPO) not in sys.path:
 
 RATE = 16000
 #: The variants of ``extract-audio`` timed against the 2019-style script, in the report's order.
-VARIANTS = ("eager", "auto-warm", "auto-cold")
+VARIANTS = ("eager", "auto-warm", "auto-cold", "cli-import")
 #: The issue's targets: the warm ``auto`` run over the 2019-style script, the cold one over ``eager``.
 WARM_TARGET, COLD_TARGET = 1.5, 1.0
 #: The original's builders of the released networks (``bob.learn.pytorch.architectures``).
@@ -157,6 +160,8 @@ class Runner:
         return timed_run(command, environment, self.folder)
 
     def variant(self, name: str) -> float:
+        if name == "cli-import":
+            return timed_run(bob_command() + ["extract-audio", "--help"], self.environment, self.folder)
         if name == "eager":
             return self.extract("eager", self.cold_cache)
         if name == "auto-warm":

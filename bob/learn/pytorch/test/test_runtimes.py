@@ -197,3 +197,45 @@ def test_networks_in_train_mode_are_refused_by_build_runtime(drn_file):
     network = DltResNetExtractor(str(drn_file), backend="eager").network
     with pytest.raises(ValueError, match=r"needs a network in eval mode \(call network.eval\(\) first\)"):
         build_runtime(network.train(), "eager")
+
+
+# -- the runtime cache ------------------------------------------------------------------------------
+
+
+@needs_onnxruntime
+def test_a_second_process_reads_the_checked_frame_body_from_the_cache_instead_of_exporting(drn_file, monkeypatch):
+    import hashlib
+    import json
+
+    from bob.learn.pytorch import export_cache
+
+    first = DltResNetExtractor(str(drn_file))
+    assert first.runtime == "onnxruntime"
+    (index,) = export_cache.cache_location().entries.glob("*.json")
+    model = index.with_suffix(".onnx").read_bytes()
+    recorded = json.loads(index.read_text())
+    assert recorded["sha256"] == hashlib.sha256(model).hexdigest()
+    assert recorded["check"]["frames"] <= RUNNER_FRAMES_RTOL and recorded["check"]["embedding"] <= runtimes.RUNNER_ATOL
+
+    def no_export(*args):
+        raise AssertionError("the frame body must come from the cache")
+
+    probes = []
+    probe_errors = runtimes.probe_errors
+    monkeypatch.setattr(runtimes, "export_frame_body", no_export)
+    monkeypatch.setattr(runtimes, "probe_errors", lambda *args: probes.append(args[3]) or probe_errors(*args))
+    second = DltResNetExtractor(str(drn_file))  # a new extractor loads and builds as a new process would
+    assert second.runtime == "onnxruntime" and probes == [(1, runtimes.LOAD_PROBE_FRAMES)]
+    audio = speech("flite_kal_u1")
+    numpy.testing.assert_array_equal(second(audio), first(audio))  # the same ONNX bytes, the same numbers
+    numpy.testing.assert_allclose(second(audio), eager_embedding(second.network, whole_spectrogram(audio)), rtol=0, atol=ATOL)
+
+
+@needs_onnxruntime
+def test_a_wrong_cache_setting_is_raised_not_taken_for_a_runtime_failure(drn_file, monkeypatch):
+    from bob.learn.pytorch import export_cache
+    from bob.learn.pytorch.errors import SettingsError
+
+    monkeypatch.setenv(export_cache.CACHE_ENVIRONMENT, "cache/relative")
+    with pytest.raises(SettingsError, match="environment variable BOB_LEARN_PYTORCH_RUNTIME_CACHE must be an absolute folder or 'off', got 'cache/relative'"):
+        DltResNetExtractor(str(drn_file)).network
