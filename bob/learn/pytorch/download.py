@@ -12,16 +12,15 @@ setting that changes the bound that was hit.
 import dataclasses
 import errno
 import functools
+import math
 import os
 from typing import List, Optional, Set
-
-import torch
 
 from .atomic import not_regular_file_reason
 from .checkpoint import clean_state_dict, read_checkpoint
 from .errors import CheckpointError, ModelDownloadError
 from .fetch import MAX_SECONDS, DeadlineError, FetchError, FetchOptions, RateError, fetch, redact_url
-from .pretrained import PretrainedNetwork
+from .pretrained import PretrainedNetwork, parameter_shapes
 from .weights import DEADLINE_KEY, MIN_RATE_KEY
 
 __all__ = [
@@ -44,15 +43,13 @@ _HINTS = {
 }
 
 
-@functools.lru_cache(maxsize=None)
-def _meta_state(record: PretrainedNetwork) -> dict:
-    with torch.device("meta"):
-        return {name: (tensor.numel() * tensor.element_size()) for name, tensor in record.build().state_dict().items()}
+#: Bytes per stored number: the released weights are float32 (batch-norm counters, int64, are a few numbers).
+_BYTES_PER_NUMBER = 4
 
 
 def expected_parameter_names(record: PretrainedNetwork) -> Set[str]:
     """State-dict keys (without ``module.``) of the network ``record.build()`` makes."""
-    return set(_meta_state(record))
+    return set(parameter_shapes(record))
 
 
 def model_size_cap(record: PretrainedNetwork) -> int:
@@ -61,7 +58,8 @@ def model_size_cap(record: PretrainedNetwork) -> int:
     The released files hold the weights and a few numbers, so a larger body
     is not the model (an endless body, or a compressed one that expands without end).
     """
-    return SIZE_CAP_FACTOR * sum(_meta_state(record).values()) + (1 << 20)
+    numbers = sum(math.prod(shape) for shape in parameter_shapes(record).values())
+    return SIZE_CAP_FACTOR * _BYTES_PER_NUMBER * numbers + (1 << 20)
 
 
 def _listing(names: List[str], limit: int = 5) -> str:

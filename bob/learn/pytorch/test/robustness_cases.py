@@ -420,9 +420,12 @@ def _unwritable_cache(folder: Path, monkeypatch, caplog_records: list):
     handler.emit = lambda record: caplog_records.append(record.getMessage())
     logger = logging.getLogger("bob.learn.pytorch.export_cache")
     logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # whatever an earlier command's verbosity left on the package's logger
     try:
         outcomes = [_cache_run(), _cache_run()]
     finally:
+        logger.setLevel(level)
         logger.removeHandler(handler)
     return f"{', '.join(outcomes)}; {len(caplog_records)} warning: {caplog_records[0]}"
 

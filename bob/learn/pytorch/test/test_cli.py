@@ -769,7 +769,7 @@ def test_export_refuses_an_unknown_network(tmp_path):
 
 @pytest.mark.skipif(not runtimes.onnxruntime_available(), reason='needs ".[fast]"')
 def test_a_named_runtime_that_fails_its_check_is_named_not_blamed_on_the_device(tmp_path, drn_file, monkeypatch):
-    monkeypatch.setattr(runtimes, "probe_errors", lambda network, runtime, bins: (1e-2, 0.3))
+    monkeypatch.setattr(runtimes, "probe_errors", lambda network, runtime, bins, shape=None: (1e-2, 0.3))
     result = run("extract-audio", SPEECH / GOOD[0], "-o", tmp_path / "x.h5", "--model", drn_file, "--backend", "onnxruntime")
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: --backend onnxruntime: ONNX Runtime's network differs from the eager one")

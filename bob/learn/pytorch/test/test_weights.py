@@ -17,6 +17,7 @@ from bob.learn.pytorch.weights import (
     DEADLINE_KEY,
     DOWNLOAD_TIMEOUT_KEY,
     MIN_RATE_KEY,
+    RUNTIME_CACHE_KEY,
     PACKAGE_KEYS,
     ModelLocation,
     ModelUrl,
@@ -45,10 +46,11 @@ AUDIO = "[bob.learn.pytorch.extractor.audio]\n"
 
 
 def test_every_package_setting_key_is_named_here():
-    assert PACKAGE_KEYS == (DOWNLOAD_TIMEOUT_KEY, DEADLINE_KEY, MIN_RATE_KEY) == (
+    assert PACKAGE_KEYS == (DOWNLOAD_TIMEOUT_KEY, DEADLINE_KEY, MIN_RATE_KEY, RUNTIME_CACHE_KEY) == (
         "bob.learn.pytorch.extractor.audio.download_timeout",
         "bob.learn.pytorch.extractor.audio.download_deadline",
         "bob.learn.pytorch.extractor.audio.download_min_rate",
+        "bob.learn.pytorch.runtime_cache",
     )
     from bob.learn.pytorch import download
 
