@@ -176,8 +176,10 @@ class EmbeddingPipeline:
         bins = self.network.front_end.bins
         if forward is None:
             specs = check_specs(specs, bins)
-            single_chunk = isinstance(L, int) and not isinstance(L, bool) and (L == 0 or L >= len(specs))
-            if single_chunk and len(specs) >= self.network.min_frames:
+            L = whole_number("L", L)
+            min_length = whole_number("min_length", min_length)
+            batch_size = whole_number("batch_size", batch_size, minimum=1)
+            if (L == 0 or L >= len(specs)) and len(specs) >= self.network.min_frames:
                 return self.embed_source(SpectrogramArray(specs, bins))
         device = self.device if forward is None else _device_of(forward, self._default_device)
         return embed_spectrogram(
