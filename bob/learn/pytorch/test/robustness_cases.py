@@ -258,10 +258,13 @@ def _unwritable_cache(folder: Path, monkeypatch, caplog_records: list):
     handler.emit = lambda record: caplog_records.append(record.getMessage())
     logger = logging.getLogger("bob.learn.pytorch.export_cache")
     logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # a command run before may have quietened the package's loggers
     try:
         outcomes = [_cache_run(), _cache_run()]
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
     return f"{', '.join(outcomes)}; {len(caplog_records)} warning: {caplog_records[0]}"
 
 
