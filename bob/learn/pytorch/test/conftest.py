@@ -101,6 +101,41 @@ def file_behind_link(folder: Path, name: str, text: str, mode: int) -> Tuple[Pat
     return real, link
 
 
+def listing(path: Path) -> list:
+    """The names in folder ``path``, sorted."""
+    return sorted(entry.name for entry in path.iterdir())
+
+
+#: A user id that is neither root nor the folder's owner, for links "planted by another user".
+OTHER_USER = 54321
+
+
+def plant_link(folder: Path, name: str, target: Path) -> Tuple[Path, Path]:
+    """A sticky folder everyone can write (as /tmp) in ``folder``, holding a link ``name`` of another user to ``target``.
+
+    Returns the shared folder and the link. Planting needs root (``lchown``): the test is skipped otherwise.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("planting a link of another user needs root")
+    shared = folder / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    link = shared / name
+    link.symlink_to(target)
+    os.lchown(link, OTHER_USER, OTHER_USER)
+    return shared, link
+
+
+def fill(folder: Path) -> None:
+    """Take every free byte of the file system holding ``folder``."""
+    with open(folder / "filler", "wb", buffering=0) as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
 def load_fixture(name: str):
     """Arrays of the golden file ``data/<name>.npz`` (see ``data/README.md``)."""
     with numpy.load(DATA / f"{name}.npz") as data:

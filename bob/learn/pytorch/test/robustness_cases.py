@@ -29,7 +29,7 @@ from bob.learn.pytorch import pretrained
 from bob.learn.pytorch import inputs, outputs
 from bob.learn.pytorch.script.pytorch import pytorch
 
-from .conftest import SPEECH, toy_network, toy_record
+from .conftest import SPEECH, fill, plant_link, toy_network, toy_record
 from .model_server import ModelServer, fetch_in_process
 
 DRN = pretrained.get("dltresnet34")
@@ -259,12 +259,7 @@ def _disk_filled_during_the_work(folder, drn_file, monkeypatch):
 
     def embed_then_fill(*args, **kwargs):
         found = embed(*args, **kwargs)
-        with open(disk / "filler", "wb", buffering=0) as handle:
-            try:
-                while True:
-                    handle.write(b"\0" * 4096)
-            except OSError:
-                pass
+        fill(disk)
         return found
 
     monkeypatch.setattr(cli, "run_extraction", embed_then_fill)
@@ -285,17 +280,9 @@ def _npy_output(folder, drn_file):
 
 
 def _planted_link(folder, drn_file):
-    import pytest
-
-    if os.geteuid() != 0:
-        pytest.skip("planting a link of another user needs root")
-    shared = folder / "shared"
-    shared.mkdir()
-    shared.chmod(0o1777)
     victim = folder / "root-only"
     victim.write_text("root's")
-    (shared / "o.h5").symlink_to(victim)
-    os.lchown(shared / "o.h5", 54321, 54321)
+    shared, _ = plant_link(folder, "o.h5", victim)
     status, errors = _extract(WAV, "-o", shared / "o.h5", "--model", drn_file)
     return status, errors if victim.read_text() == "root's" else "the link was followed"
 

@@ -20,6 +20,7 @@ from bob.learn.pytorch.download import DownloadOptions, download_model, expected
 from bob.learn.pytorch.fetch import lock_path
 from bob.learn.pytorch import pretrained
 
+from .conftest import listing
 from .model_server import Payload, construct_extractor, sha256_of
 
 pytestmark = pytest.mark.network
@@ -35,10 +36,6 @@ def folder(tmp_path):
     path = tmp_path / "models"
     path.mkdir()
     return path
-
-
-def listing(path: Path):
-    return sorted(entry.name for entry in path.iterdir())
 
 
 def fail(server, folder, *modes, record=DRN, name="drn34.pth.tar", options=FAST, **kwargs):

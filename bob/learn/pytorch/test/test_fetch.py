@@ -19,6 +19,7 @@ from bob.learn.pytorch import fetch as fetch_module
 from bob.learn.pytorch.atomic import temporary_name
 from bob.learn.pytorch.fetch import DeadlineError, FetchError, FetchOptions, RateError, fetch, lock_path
 
+from .conftest import listing
 from .model_server import ModelServer, fetch_in_process, gzip_bomb
 
 pytestmark = pytest.mark.network
@@ -40,10 +41,6 @@ def folder(tmp_path):
     path = tmp_path / "files"
     path.mkdir()
     return path
-
-
-def listing(path: Path):
-    return sorted(entry.name for entry in path.iterdir())
 
 
 def options(**kwargs) -> FetchOptions:

@@ -18,10 +18,9 @@ from bob.learn.pytorch.paths import planted_link_problem
 from bob.learn.pytorch.inputs import AudioInput, Embedded, Failure
 from bob.learn.pytorch.script.pytorch import pytorch
 
-from .conftest import SPEECH
+from .conftest import OTHER_USER, SPEECH, fill, plant_link
 
 GOOD = ["flite_kal_u1.wav", "fest_ked_u2.wav"]
-OTHER_USER = 54321
 
 
 def run(*args):
@@ -56,15 +55,6 @@ def small_disk(tmp_path):
     finally:
         subprocess.run(["umount", str(folder)], check=True)
 
-
-def fill(folder: Path) -> None:
-    """Take every free byte of the file system holding ``folder``."""
-    with open(folder / "filler", "wb", buffering=0) as handle:
-        try:
-            while True:
-                handle.write(b"\0" * 4096)
-        except OSError:
-            pass
 
 
 # -- whole or not at all ------------------------------------------------------------------------
@@ -231,17 +221,10 @@ def test_an_output_name_longer_than_the_system_allows_is_too_long_not_missing(tm
 @pytest.fixture
 def shared_folder(tmp_path):
     """A sticky folder everyone can write, as /tmp, holding a link of another user to a file only root may write."""
-    if os.geteuid() != 0:
-        pytest.skip("planting a link of another user needs root")
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    shared.chmod(0o1777)
     protected = tmp_path / "root-only"
     protected.write_text("root's file")
     protected.chmod(0o600)
-    link = shared / "out.h5"
-    link.symlink_to(protected)
-    os.lchown(link, OTHER_USER, OTHER_USER)
+    shared, link = plant_link(tmp_path, "out.h5", protected)
     return shared, link, protected
 
 

@@ -5,6 +5,7 @@ the package's files, and run everywhere a released network runs: the extractor,
 the batch API, a long recording (streamed), the transformer in a bob
 pipeline, the command line, and the download of a missing weight file.
 """
+import inspect
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from bob.learn.pytorch.pretrained import PretrainedNetwork
 from bob.learn.pytorch.preprocessor.audio import EmbeddingExtractor
 
 from .conftest import SPEECH as SPEECH_DIR
-from .conftest import toy_network, toy_record
+from .conftest import ToyNet, toy_network, toy_record
 from .helpers_audio import ATOL, long_signal, speech, whole_spectrogram
 
 # -- lookups -----------------------------------------------------------------------------------------
@@ -340,7 +341,7 @@ def test_a_transformer_given_a_record_builds_with_that_record(tmp_path):
 
 # -- a network shipped by another installed package (a plug-in) -------------------------------------------
 
-PLUGIN_MODULE = '''"""A network plug-in for bob.learn.pytorch: the toy network and its record."""
+PLUGIN_HEADER = '''"""A network plug-in for bob.learn.pytorch: the toy network and its record."""
 import torch
 from torch import nn
 
@@ -348,22 +349,12 @@ from bob.learn.pytorch.architectures.utils import SpeakerEmbeddingNet
 from bob.learn.pytorch.pretrained import PretrainedNetwork
 
 
-class ToyPlugNet(SpeakerEmbeddingNet):
-    def __init__(self, num_classes=5, tp="emb", bn_dim=16):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 8, kernel_size=(3, 257), stride=(2, 1), padding=(1, 0))
-        self.conv2 = nn.Conv2d(8, 12, kernel_size=(3, 1), stride=(2, 1), padding=(1, 0))
-        self.relu = nn.ReLU()
-        self.em = nn.Linear(24, bn_dim)
-        self.fc = nn.Linear(24, num_classes)
-        self._set_net_type(tp)
+'''
 
-    def forward_frames(self, x):
-        return self.relu(self.conv2(self.relu(self.conv1(x))))
-
+PLUGIN_RECORD = '''
 
 def toyplug(num_classes=5, tp="emb", bn_dim=16):
-    return ToyPlugNet(num_classes, tp, bn_dim)
+    return ToyNet(num_classes, tp, bn_dim)
 
 
 RECORD = PretrainedNetwork(
@@ -379,6 +370,11 @@ def too_narrow():
 
     return dataclasses.replace(RECORD, name="toynarrow", receptive_field=1)
 '''
+
+
+def plugin_module(url: str) -> str:
+    """The plug-in's module: the suite's toy network (its source, so the plug-in imports nothing of the tests) and its record."""
+    return PLUGIN_HEADER + inspect.getsource(ToyNet) + PLUGIN_RECORD.format(url=url)
 
 
 def write_distribution(site, name: str, entry_points: str) -> None:
@@ -405,7 +401,7 @@ def plugin_site(tmp_path, isolated_settings, monkeypatch):
     weights = tmp_path / "toyplug-weights.pth"
     torch.save({"state_dict": toy_network().state_dict()}, weights)
     with ModelServer({"toyplug.pth": weights.read_bytes()}) as server:
-        (site / "toyplug_pkg.py").write_text(PLUGIN_MODULE.format(url=server.url("toyplug.pth")))
+        (site / "toyplug_pkg.py").write_text(plugin_module(server.url("toyplug.pth")))
         write_distribution(site, "toyplug", "toyplug = toyplug_pkg:RECORD\ntoynarrow = toyplug_pkg:too_narrow")
         write_distribution(site, "brokenplug", "broken = toyplug_pkg:no_such_record")
         write_toml(isolated_settings, f'[toyplug]\nmodelpath = "{tmp_path / "models" / "toyplug.pth"}"\n')
