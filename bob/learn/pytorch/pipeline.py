@@ -18,7 +18,7 @@ computes goes through it:
    (:func:`~bob.learn.pytorch.embedding.embed_spectrogram`);
 3. **the network**: the frame body runs in the runtime built when the model
    was loaded (:mod:`~bob.learn.pytorch.runtimes`), the pooling and the
-   embedding layer eagerly. A network in train mode (any submodule), or not
+   embedding layer in NumPy behind it. A network in train mode (any submodule), or not
    in ``emb`` mode, runs exactly as it is, eagerly, one utterance per pass.
 
 The runtime holds the weights of the moment it was built: after changing the

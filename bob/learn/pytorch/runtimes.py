@@ -2,8 +2,9 @@
 
 A *runtime* computes ``network.forward_frames`` (everything before the
 statistics pooling) for a float32 ``(N, 1, T, F)`` batch. The pooling and
-the embedding layer always stay eager: they cost little and keep the
-original's float32 arithmetic. Three runtimes exist:
+the embedding layer cost little: behind an optimised runtime they run in
+NumPy (:func:`embedding_head`), so that no PyTorch thread pool is used after
+the frame body. Three runtimes exist:
 
 * ``"eager"``: the network itself, the reference every other form is held to;
 * ``"onnxruntime"``: the frame body exported to ONNX
@@ -23,7 +24,8 @@ to (:meth:`~bob.learn.pytorch.preprocessor.audio.EmbeddingExtractor.rebuild_runt
 since the runtime holds a copy of the weights and of torch's thread count of
 that moment. No runtime changes anything outside itself: ONNX Runtime's
 worker threads belong to its session, sleep between calls, and a process
-forked after the session was made can use it.
+forked after the session was made can use it, whatever torch's thread count
+(eager PyTorch and MNN cannot: :func:`check_forked_child` raises there).
 """
 import importlib.util
 import logging
@@ -43,6 +45,7 @@ __all__ = [
     "RUNTIMES", "OPTIONAL_RUNTIMES", "AUTO_RUNTIME", "RUNNER_ATOL", "RUNNER_FRAMES_RTOL", "Runtime", "EagerRuntime",
     "OnnxRuntime", "onnxruntime_available", "check_runtime_name", "missing_runtime", "available_runtimes",
     "build_runtime", "embedding_head", "embed_pooled", "FORK_SAFE_RUNTIMES", "check_forked_child",
+    "AUTO_BY_HOST", "host_kind", "auto_runtime", "onnxruntime_session_options",
 ]
 
 logger = logging.getLogger(__name__)
@@ -195,8 +198,42 @@ OPTIONAL_RUNTIMES: Dict[str, _OptionalRuntime] = {
         lambda model, threads: MnnRuntime(model, threads),
     ),
 }
-#: The optimised runtime ``"auto"`` builds when it is installed (MNN is used only when named).
-AUTO_RUNTIME = "onnxruntime"
+#: The optimised runtime ``"auto"`` builds on each kind of host, and why: measured side by side with the others
+#: (``benchmarks/runtimes.py`` and ``benchmarks/stages.py``; hosts and figures on the performance page).
+#: MNN, faster on AVX2 hosts, is used only when named: it prints and hangs in forked children.
+AUTO_BY_HOST: Dict[str, Tuple[str, str]] = {
+    "avx512": ("onnxruntime", "AVX-512 host: ONNX Runtime's blocked AVX-512 convolutions took 0.42 to 0.82 of eager "
+                              "PyTorch's (oneDNN's) time for the frame body"),
+    "avx2": ("onnxruntime", "AVX2 host: ONNX Runtime took 0.75 of eager PyTorch's time for the frame body; MNN, "
+                            "faster there on long recordings, is opt-in (backend 'mnn')"),
+}
+
+
+def host_kind() -> str:
+    """``"avx512"`` when the processor has AVX-512 (the ``avx512f`` flag, else PyTorch's kernel set), else ``"avx2"``."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return "avx512" if "avx512f" in line.split(":", 1)[1].split() else "avx2"
+    except OSError:
+        pass
+    return "avx512" if torch.backends.cpu.get_cpu_capability().upper().startswith("AVX512") else "avx2"
+
+
+def auto_runtime() -> Tuple[str, str]:
+    """The runtime ``"auto"`` builds on this host, and why (read by ``bob pytorch info``).
+
+    Decided once per host from :data:`AUTO_BY_HOST`, not per call; eager
+    PyTorch when that runtime is not installed.
+    """
+    name, reason = AUTO_BY_HOST[host_kind()]
+    missing = missing_runtime(name)
+    return ("eager", missing) if missing else (name, reason)
+
+
+#: The optimised runtime ``"auto"`` builds on this host when it is installed (see :func:`auto_runtime`).
+AUTO_RUNTIME = AUTO_BY_HOST[host_kind()][0]
 
 
 def check_runtime_name(name: str) -> str:
@@ -315,9 +352,10 @@ def check_forked_child(runtime: str, loaded_in: int) -> None:
 
     ``loaded_in`` is the id of the process that loaded the network (and so
     started PyTorch's threads). In a child made from it by ``fork``, the
-    threads of eager PyTorch (when it runs more than one) and of MNN are gone,
-    and a call would wait for them forever; ONNX Runtime's session and the
-    NumPy work around it (:func:`embedding_head`) keep working.
+    threads of eager PyTorch and of MNN, when they run more than one (they
+    run torch's count), are gone, and a call would wait for them forever;
+    ONNX Runtime's session and the NumPy work around it
+    (:func:`embedding_head`) keep working.
 
     Parameters
     ----------
@@ -332,15 +370,13 @@ def check_forked_child(runtime: str, loaded_in: int) -> None:
         If this is another process and ``runtime`` would hang in it; the
         message names the ways out.
     """
-    if os.getpid() == loaded_in or runtime in FORK_SAFE_RUNTIMES:
-        return
+    if os.getpid() == loaded_in or runtime in FORK_SAFE_RUNTIMES or torch.get_num_threads() == 1:
+        return  # one thread (the runtime's count is torch's): no thread pool to wait for
     if runtime == "mnn":
         why, other = "MNN's worker threads do not survive fork", "use backend 'onnxruntime' (the fast extra)"
-    elif torch.get_num_threads() > 1:
+    else:
         why = "PyTorch's OpenMP threads do not survive fork"
         other = "use backend 'onnxruntime' (the fast extra), or call torch.set_num_threads(1) in the child"
-    else:
-        return  # one PyTorch thread: no thread pool to wait for
     raise RuntimeError(
         f"this process was forked from process {loaded_in} after that one loaded the network, and the {runtime} "
         f"runtime would wait forever here ({why}): start worker processes with multiprocessing's 'spawn' or "

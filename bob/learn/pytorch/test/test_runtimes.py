@@ -231,14 +231,15 @@ def test_eager_in_a_forked_child_on_one_torch_thread_embeds(drn_file):
 def test_check_forked_child_refuses_only_the_runtimes_that_would_hang(monkeypatch):
     other = os.getpid() + 1  # as if the network had been loaded by the parent of this process
     runtimes.check_forked_child("eager", os.getpid())
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     runtimes.check_forked_child("onnxruntime", other)
     with pytest.raises(RuntimeError, match="MNN's worker threads do not survive fork"):
         runtimes.check_forked_child("mnn", other)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     with pytest.raises(RuntimeError, match=f"forked from process {other} after that one loaded the network"):
         runtimes.check_forked_child("eager", other)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     runtimes.check_forked_child("eager", other)
+    runtimes.check_forked_child("mnn", other)
 
 
 @pytest.mark.parametrize("shape", [(1, 512, 2, 1), (3, 512, 10, 1), (2, 512, 97, 1)])
