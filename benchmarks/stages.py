@@ -83,17 +83,34 @@ def matmul_gflops(seconds: float) -> float:
 # -- the network's work ------------------------------------------------------------------------------
 
 
-def flops_by_module(network: torch.nn.Module, n_frames: int, batch: int) -> Tuple[int, Dict[str, int]]:
-    """FLOPs of ``forward_emb`` on ``batch`` utterances of ``n_frames``, and per submodule of the frame body."""
-    root = type(network).__name__
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        network.forward_emb(torch.zeros(batch, 1, n_frames, 257))
-    per_module = {
-        name[len(root) + 1 :]: sum(counts.values())
-        for name, counts in counter.get_flop_counts().items()
-        if name.startswith(root + ".")
-    }
-    return counter.get_total_flops(), per_module
+def flops_by_layer(network: torch.nn.Module, n_frames: int, batch: int) -> Tuple[int, Dict[str, int]]:
+    """FLOPs of ``forward_emb`` on ``batch`` utterances of ``n_frames`` (FlopCounterMode), and per frame-body layer.
+
+    A layer is a residual block (``layer1.0``) or a stem or head convolution
+    (``conv1``); its FLOPs are those of its convolutions, ``2 * outputs *
+    inputs per output``, which is what the counter counts for them.
+    """
+    per_layer: Dict[str, int] = {}
+
+    def count(name: str) -> Callable:
+        parts = name.split(".")
+        layer = ".".join(parts[:2]) if parts[0].startswith("layer") else parts[0]
+
+        def hook(module: torch.nn.Conv2d, inputs: tuple, output: torch.Tensor) -> None:
+            kh, kw = module.kernel_size
+            work = 2 * output.numel() * (module.in_channels // module.groups) * kh * kw
+            per_layer[layer] = per_layer.get(layer, 0) + work
+
+        return hook
+
+    handles = [m.register_forward_hook(count(n)) for n, m in network.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            network.forward_emb(torch.zeros(batch, 1, n_frames, 257))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return counter.get_total_flops(), per_layer
 
 
 def fresh_audio(seconds: float, count: int, seed: int) -> List[tuple]:
@@ -298,10 +315,9 @@ def main(argv=None) -> None:
     n_frames = record.front_end.n_frames(int(args.seconds * RATE))
     report: Dict = {"seconds": args.seconds, "rounds": args.rounds, "stages": {}, "flops": {}, "layers": {}, "layer_flops": {}}
     for batch in args.batch_sizes:
-        total, per_module = flops_by_module(network, n_frames, batch)
-        body = sum(value for name, value in per_module.items() if "." not in name and name not in ("em",))
-        report["flops"][str(batch)] = (total, body)
-        report["layer_flops"][str(batch)] = per_module
+        total, per_layer = flops_by_layer(network, n_frames, batch)
+        report["flops"][str(batch)] = (total, sum(per_layer.values()))
+        report["layer_flops"][str(batch)] = per_layer
         report["stages"][str(batch)] = measure_stages(pipelines, args.seconds, batch, args.rounds)
         if "onnxruntime" in pipelines:
             report["layers"][str(batch)] = onnx_layer_times(network, n_frames, batch, args.rounds, args.threads)

@@ -89,12 +89,14 @@ def embed_pooled(network: SpeakerEmbeddingNet, pooled: numpy.ndarray) -> numpy.n
     """The embedding layer ``em`` and the L2 normalisation of ``forward_emb`` on pooled vectors ``(N, 2C)``.
 
     Computed in float64 NumPy from the layer's current weights, rounded to
-    float32 ``(N, D)``; see :func:`embedding_head`.
+    float32 ``(N, D)``; see :func:`embedding_head`. The product is NumPy's
+    ``einsum``, which runs in the calling thread: BLAS's threads, woken for
+    a product this small, took up to 100 times as long on a loaded machine.
     """
     layer = network.em
     weight = layer.weight.detach().cpu().numpy().astype(numpy.float64)
     bias = layer.bias.detach().cpu().numpy().astype(numpy.float64)
-    raw = numpy.asarray(pooled, dtype=numpy.float64) @ weight.T + bias
+    raw = numpy.einsum("nk,dk->nd", numpy.asarray(pooled, dtype=numpy.float64), weight) + bias
     return (raw / numpy.linalg.norm(raw, axis=1, keepdims=True)).astype(numpy.float32)
 
 
