@@ -211,8 +211,13 @@ def layer_of_outputs(model: bytes) -> Dict[str, str]:
     return layers
 
 
-def onnx_layer_times(network: torch.nn.Module, n_frames: int, batch: int, rounds: int, threads: int) -> Dict[str, float]:
-    """Best microseconds of each layer's nodes in a profiled ONNX Runtime session like the package's."""
+def onnx_layer_times(
+    network: torch.nn.Module, n_frames: int, batch: int, rounds: int, threads: int
+) -> Tuple[Dict[str, float], float]:
+    """Best microseconds of each layer's nodes in a profiled ONNX Runtime session like the package's.
+
+    Also returns the best seconds of the matrix product, timed between the profiled runs.
+    """
     import onnxruntime
 
     from bob.learn.pytorch.onnx_export import INPUT_NAME, export_frame_body
@@ -225,8 +230,11 @@ def onnx_layer_times(network: torch.nn.Module, n_frames: int, batch: int, rounds
         options.profile_file_prefix = os.path.join(folder, "profile")
         session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         array = numpy.random.default_rng(0).standard_normal((batch, 1, n_frames, 257)).astype(numpy.float32)
+        a, b = torch.randn(MATMUL_SIZE, MATMUL_SIZE), torch.randn(MATMUL_SIZE, MATMUL_SIZE)
+        matmul = float("inf")
         for _ in range(rounds + 1):
             session.run(None, {INPUT_NAME: array})
+            matmul = min(matmul, timed(lambda: a @ b))
         events = json.loads(Path(session.end_profiling()).read_text())
     runs: Dict[str, List[float]] = {}
     for event in events:
@@ -238,7 +246,7 @@ def onnx_layer_times(network: torch.nn.Module, n_frames: int, batch: int, rounds
         output = output[: -len("_nchwc")] if output.endswith("_nchwc") else output
         layer = layers.get(output, "layout reorders")
         per_layer[layer] = per_layer.get(layer, 0.0) + min(durations[1:] or durations)
-    return per_layer
+    return per_layer, matmul
 
 
 # -- report -------------------------------------------------------------------------------------------
@@ -274,10 +282,13 @@ def print_layers(report: Dict, batch: int) -> None:
     layers = report["layers"].get(str(batch))
     if not layers:
         return
-    gflops = matmul_gflops(report["stages"][str(batch)]["matmul"]["matmul"])
+    gflops = matmul_gflops(report["layer_matmul"][str(batch)])
     flops = report["layer_flops"][str(batch)]
     total = sum(layers.values())
-    print(f"\nONNX Runtime, layers of the frame body, batch {batch} (session profiler, best of {report['rounds']} runs)")
+    print(
+        f"\nONNX Runtime, layers of the frame body, batch {batch} (session profiler, best of {report['rounds']} runs; "
+        f"matrix product between them {gflops:.0f} GFLOP/s)"
+    )
     header = f"{'layer':<16} {'us':>8} {'share':>6} {'GFLOP':>7} {'fraction':>9}"
     print(header)
     print("-" * len(header))
@@ -313,14 +324,15 @@ def main(argv=None) -> None:
     bins = record.front_end.bins
     pipelines = {name: EmbeddingPipeline(record, network, runtimes.build_runtime(network, name, bins)) for name in args.backends}
     n_frames = record.front_end.n_frames(int(args.seconds * RATE))
-    report: Dict = {"seconds": args.seconds, "rounds": args.rounds, "stages": {}, "flops": {}, "layers": {}, "layer_flops": {}}
+    report: Dict = {"seconds": args.seconds, "rounds": args.rounds, "stages": {}, "flops": {}, "layers": {}, "layer_flops": {}, "layer_matmul": {}}
     for batch in args.batch_sizes:
         total, per_layer = flops_by_layer(network, n_frames, batch)
         report["flops"][str(batch)] = (total, sum(per_layer.values()))
         report["layer_flops"][str(batch)] = per_layer
         report["stages"][str(batch)] = measure_stages(pipelines, args.seconds, batch, args.rounds)
         if "onnxruntime" in pipelines:
-            report["layers"][str(batch)] = onnx_layer_times(network, n_frames, batch, args.rounds, args.threads)
+            layers, matmul = onnx_layer_times(network, n_frames, batch, args.rounds, args.threads)
+            report["layers"][str(batch)], report["layer_matmul"][str(batch)] = layers, matmul
     load_after = os.getloadavg()
     print(
         f"{cpu_model()}, {os.cpu_count()} CPUs, {' '.join(cpu_flags()) or 'no AVX-512'}; torch {torch.__version__} "
