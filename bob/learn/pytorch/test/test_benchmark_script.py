@@ -57,3 +57,22 @@ def test_runtimes_benchmark_checks_and_times_every_installed_runtime(tmp_path, c
     assert result["auto_1_0"] == ("onnxruntime" if result["machine"]["avx512"] else "mnn")
     printed = capsys.readouterr().out
     assert "2.0 auto here: " + result["auto_2_0"] in printed and "mnn/1.0 auto" in printed
+
+
+@pytest.mark.skipif(not runtimes.onnxruntime_available(), reason='needs ".[fast]"')
+def test_stages_benchmark_times_every_stage_and_maps_every_layer(tmp_path, capsys):
+    report = tmp_path / "stages.json"
+    load_script("stages").main(["--seconds", "1", "--batch-sizes", "1", "2", "--rounds", "1", "--json", str(report)])
+    result = json.loads(report.read_text())
+    for batch in ("1", "2"):
+        stages = result["stages"][batch]
+        assert sorted(stages) == ["eager", "matmul", "onnxruntime"]
+        assert all(seconds > 0 for name in ("eager", "onnxruntime") for seconds in stages[name].values())
+        total, body = result["flops"][batch]
+        layer_flops = result["layer_flops"][batch]
+        assert sum(layer_flops.values()) == body and 0.95 * total < body <= total  # the head's FLOPs are tiny
+        layers = result["layers"][batch]
+        # every profiled node lands in a layer that has convolutions, or among the layout reorders
+        assert set(layers) - {"maxpool", "layout reorders"} == set(layer_flops)
+    printed = capsys.readouterr().out
+    assert "'auto' here: " + runtimes.auto_runtime()[0] in printed and "layer3.5" in printed
