@@ -19,7 +19,8 @@ properties of MNN that this package does not hide:
 * its C++ code prints banners and conversion notes on the standard output;
 * its worker threads belong to one pool per process, which a child made by
   ``fork`` does not inherit: an MNN runtime used in a child forked after any
-  multi-threaded MNN runtime was built waits forever. Build the extractor in
+  multi-threaded MNN runtime was built would wait forever (the pipeline raises
+  ``RuntimeError`` there instead, see ``runtimes.check_forked_child``). Build the extractor in
   the child, start children with ``spawn`` or ``forkserver`` (as dask does),
   or use ONNX Runtime.
 

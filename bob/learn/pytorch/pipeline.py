@@ -18,13 +18,14 @@ computes goes through it:
    (:func:`~bob.learn.pytorch.embedding.embed_spectrogram`);
 3. **the network**: the frame body runs in the runtime built when the model
    was loaded (:mod:`~bob.learn.pytorch.runtimes`), the pooling and the
-   embedding layer eagerly. A network in train mode (any submodule), or not
+   embedding layer in NumPy behind it. A network in train mode (any submodule), or not
    in ``emb`` mode, runs exactly as it is, eagerly, one utterance per pass.
 
 The runtime holds the weights of the moment it was built: after changing the
 weights in place, build a new one (``EmbeddingExtractor.rebuild_runtime``).
 """
 import logging
+import os
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy
@@ -34,7 +35,7 @@ from .architectures.utils import SpeakerEmbeddingNet
 from .embedding import as_list, check_specs, embed_chunks, embed_spectrogram, whole_number
 from .frontend import warn_if_silent
 from .pretrained import PretrainedNetwork
-from .runtimes import EagerRuntime, Runtime, embedding_head, runtime_name
+from .runtimes import EagerRuntime, Runtime, check_forked_child, embedding_head, runtime_name
 from .streaming import STREAMING_MIN_FRAMES, SignalSpectrogram, SpectrogramArray, embed_long, signal_source
 
 __all__ = ["EmbeddingPipeline", "MAX_BATCH_FRAMES", "STREAMING_MIN_FRAMES"]
@@ -79,6 +80,8 @@ class EmbeddingPipeline:
         self.module = module
         self.runtime = EagerRuntime(module) if runtime is None else runtime
         self._default_device = device or torch.device("cpu")
+        #: The process that loaded the network: a child forked from it cannot run every runtime.
+        self.loaded_in = os.getpid()
 
     @property
     def device(self) -> torch.device:
@@ -140,7 +143,9 @@ class EmbeddingPipeline:
     def forward(self) -> Forward:
         """Callable mapping the standardised input ``(B, 1, T, F)`` to embeddings ``(B, D)``."""
         if not self.runs_as_built() or isinstance(self.runtime, EagerRuntime):
+            check_forked_child("eager", self.loaded_in)
             return self.module
+        check_forked_child(self.runtime_name, self.loaded_in)
         runtime, module = self.runtime, self.module
         return lambda x: embedding_head(module, runtime(x))
 
@@ -157,6 +162,7 @@ class EmbeddingPipeline:
     def embed_source(self, source: Any) -> numpy.ndarray:
         """The whole-utterance embedding ``(1, D)`` of a frame source (streamed when long)."""
         if self.streams(source.n_frames):
+            check_forked_child(self.runtime_name, self.loaded_in)
             return embed_long(self.module, self.runtime, source, self.network, device=self.device)
         return embed_chunks(self.forward(), [source.frames(0, source.n_frames)], self.device)
 

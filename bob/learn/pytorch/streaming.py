@@ -29,10 +29,10 @@ from typing import Any, Callable, List, Optional, Tuple
 import numpy
 import torch
 
-from .architectures.utils import l2_normalize
 from .embedding import CHUNK_EPSILON, check_specs
 from .frontend import BOB_AP_FRONT_END, FrontEnd, checked_samples
 from .pretrained import PretrainedNetwork
+from .runtimes import embed_pooled
 
 __all__ = [
     "BLOCK_STEPS",
@@ -284,7 +284,7 @@ def pooled_statistics(
         kept = features[:, first : first + block.keep_stop - block.keep_start]
         if kept.shape[1] != block.keep_stop - block.keep_start:
             raise RuntimeError(f"block {block} returned {features.shape[1]} steps, fewer than planned")
-        rows = kept.T.double().cpu().numpy()
+        rows = kept.cpu().numpy().T.astype(numpy.float64)  # NumPy: no PyTorch operator after the frame body
         if moments is None:
             moments = RunningMoments(rows.shape[1])
         moments.update(rows)
@@ -331,7 +331,5 @@ def embed_long(
     mean, std = column_statistics(source)
     with torch.inference_mode():
         moments = pooled_statistics(runtime, source, mean, std, network, device, block_steps, halo_steps)
-        pooled = numpy.concatenate([moments.mean, moments.std(ddof=1)]).astype(numpy.float32)
-        vector = torch.from_numpy(pooled)[None].to(device)
-        embedding = l2_normalize(module.em(vector))
-    return embedding.float().cpu().numpy()
+    pooled = numpy.concatenate([moments.mean, moments.std(ddof=1)])
+    return embed_pooled(module, pooled[None])

@@ -606,13 +606,13 @@ def describe_cache() -> List[str]:
 
 def describe_backends() -> List[str]:
     """The lines ``info`` prints about the runtimes (``--backend``); nothing is imported or built."""
-    auto = runtimes.AUTO_RUNTIME
-    uses = f"{auto} (eager if it fails its check against eager)" if runtimes.missing_runtime(auto) is None else "eager"
+    auto, why = runtimes.auto_runtime()
+    uses = f"{auto} (eager if it fails its check against eager)" if auto != "eager" else "eager"
     lines = [
         "network runtimes (extract-audio --backend; devices other than the CPU run eager):",
         f"  available:    {', '.join(runtimes.available_runtimes())}",
         f"  auto uses:    {uses}",
-    ]
+    ] + ([f"  because:      {why}"] if auto != "eager" else [])
     missing = (runtimes.missing_runtime(name) for name in runtimes.OPTIONAL_RUNTIMES)
     return lines + [f"  missing:      {message}" for message in missing if message]
 

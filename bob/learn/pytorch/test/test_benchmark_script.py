@@ -80,3 +80,20 @@ def test_cohort_benchmark_compares_chunked_and_whole_matrix(tmp_path, capsys):
     result = json.loads(report.read_text())
     assert result["max_difference"] < 1e-12 and result["chunked_peak_mib"] < result["baseline_peak_mib"]
     assert "ratios chunked/whole: time" in capsys.readouterr().out
+@pytest.mark.skipif(not runtimes.onnxruntime_available(), reason='needs ".[fast]"')
+def test_stages_benchmark_times_every_stage_and_maps_every_layer(tmp_path, capsys):
+    report = tmp_path / "stages.json"
+    load_script("stages").main(["--seconds", "1", "--batch-sizes", "1", "2", "--rounds", "1", "--json", str(report)])
+    result = json.loads(report.read_text())
+    for batch in ("1", "2"):
+        stages = result["stages"][batch]
+        assert sorted(stages) == ["eager", "matmul", "onnxruntime"]
+        assert all(seconds > 0 for name in ("eager", "onnxruntime") for seconds in stages[name].values())
+        total, body = result["flops"][batch]
+        layer_flops = result["layer_flops"][batch]
+        assert sum(layer_flops.values()) == body and 0.95 * total < body <= total  # the head's FLOPs are tiny
+        layers = result["layers"][batch]
+        # every profiled node lands in a layer that has convolutions, or among the layout reorders
+        assert set(layers) - {"maxpool", "layout reorders"} == set(layer_flops)
+    printed = capsys.readouterr().out
+    assert "'auto' here: " + runtimes.auto_runtime()[0] in printed and "layer3.5" in printed

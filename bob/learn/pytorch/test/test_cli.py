@@ -630,6 +630,7 @@ def test_info_shows_the_runtimes_with_the_fast_extra(monkeypatch, no_network_bui
     assert backend_section(result.stdout) == [
         f"  available:    onnxruntime, {'mnn, ' if with_mnn else ''}eager",
         "  auto uses:    onnxruntime (eager if it fails its check against eager)",
+        f"  because:      {runtimes.AUTO_BY_HOST[runtimes.host_kind()][1]}",
     ] + ([] if with_mnn else [f"  missing:      {MNN_MESSAGE}"])
 
 

@@ -15,6 +15,7 @@ import bob.learn.pytorch as package
 from bob.learn.pytorch.preprocessor.audio import DltResNetExtractor
 
 from .conftest import REPO
+from .forked_worker import embed_in_forked_child
 
 TABLE = REPO / "doc" / "robustness.rst"
 NOISE = numpy.random.RandomState(7).randint(-3000, 3000, 16000).astype(numpy.int16)
@@ -150,6 +151,8 @@ def cases(extractor, tmp_path, drn_file, rn_file, monkeypatch):
         '``device="mps"``': lambda: _without_mps(drn_file, monkeypatch),
         "``model_file`` given as ``bytes``": lambda: DltResNetExtractor(bytes(drn_file))((16000, NOISE)),
         "``model_file`` naming a FIFO": lambda: DltResNetExtractor(str(_fifo(tmp_path / "model.pth.tar"))),
+        '``backend="onnxruntime"`` in a worker made by ``fork``': lambda: embed_in_forked_child(drn_file, "onnxruntime")[1],
+        "eager network in a worker made by ``fork``": lambda: embed_in_forked_child(drn_file, "eager")[1],
     }
 
 
@@ -165,7 +168,7 @@ def _fifo(path):
 
 def test_table_covers_every_case():
     rows = table_rows()
-    assert len(rows) == 43
+    assert len(rows) == 45
     assert all(len(row) == 3 for row in rows)
     assert len(table_rows(1)) == 55
     assert all(len(row) == 3 for row in table_rows(1))

@@ -1,5 +1,6 @@
 """The runtimes give the eager network's numbers, are built and checked once, and are rebuilt only on request."""
 import logging
+import os
 import pickle
 
 import numpy
@@ -11,6 +12,7 @@ from bob.learn.pytorch.errors import RuntimeBuildError
 from bob.learn.pytorch.preprocessor.audio import DltResNetExtractor, EmbeddingExtractor, ResNetExtractor
 from bob.learn.pytorch.runtimes import RUNNER_FRAMES_RTOL, build_runtime, embedding_head
 
+from .forked_worker import embed_in_forked_child
 from .helpers_audio import ATOL, eager_embedding, speech, whole_spectrogram
 
 CLASSES = {"drn": DltResNetExtractor, "rn": ResNetExtractor}
@@ -239,3 +241,53 @@ def test_a_wrong_cache_setting_is_raised_not_taken_for_a_runtime_failure(drn_fil
     monkeypatch.setenv(export_cache.CACHE_ENVIRONMENT, "cache/relative")
     with pytest.raises(SettingsError, match="environment variable BOB_LEARN_PYTORCH_RUNTIME_CACHE must be an absolute folder or 'off', got 'cache/relative'"):
         DltResNetExtractor(str(drn_file)).network
+# -- worker processes made by fork after the network was loaded ------------------------------------------
+
+#: A forked child runs the same session on the same input: its embedding equals the parent's within float32 rounding.
+FORK_ATOL = 1e-6
+
+
+@needs_onnxruntime
+def test_a_child_forked_after_loading_embeds_with_onnxruntime_while_torch_runs_two_threads(drn_file):
+    parent, child = embed_in_forked_child(str(drn_file), "onnxruntime", threads=2)
+    assert child.shape == (1, 128)
+    numpy.testing.assert_allclose(child, parent, rtol=0, atol=FORK_ATOL)
+
+
+def test_eager_in_a_child_forked_after_loading_raises_instead_of_hanging(drn_file):
+    with pytest.raises(RuntimeError) as error:
+        embed_in_forked_child(str(drn_file), "eager", threads=2)
+    message = str(error.value)
+    assert "forked from process" in message and "PyTorch's OpenMP threads do not survive fork" in message
+    assert "'spawn' or 'forkserver'" in message and "backend 'onnxruntime'" in message
+    assert "torch.set_num_threads(1) in the child" in message
+
+
+def test_eager_in_a_forked_child_on_one_torch_thread_embeds(drn_file):
+    parent, child = embed_in_forked_child(str(drn_file), "eager", threads=2, child_threads=1)
+    numpy.testing.assert_allclose(child, parent, rtol=0, atol=FORK_ATOL)
+
+
+def test_check_forked_child_refuses_only_the_runtimes_that_would_hang(monkeypatch):
+    other = os.getpid() + 1  # as if the network had been loaded by the parent of this process
+    runtimes.check_forked_child("eager", os.getpid())
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    runtimes.check_forked_child("onnxruntime", other)
+    with pytest.raises(RuntimeError, match="MNN's worker threads do not survive fork"):
+        runtimes.check_forked_child("mnn", other)
+    with pytest.raises(RuntimeError, match=f"forked from process {other} after that one loaded the network"):
+        runtimes.check_forked_child("eager", other)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    runtimes.check_forked_child("eager", other)
+    runtimes.check_forked_child("mnn", other)
+
+
+@pytest.mark.parametrize("shape", [(1, 512, 2, 1), (3, 512, 10, 1), (2, 512, 97, 1)])
+def test_embedding_head_gives_forward_emb_of_the_frames(drn_file, shape):
+    network = DltResNetExtractor(str(drn_file), backend="eager").network
+    frames = torch.relu(torch.randn(shape, generator=torch.Generator().manual_seed(1)))
+    with torch.inference_mode():
+        eager = torch.nn.functional.normalize(network.em(torch.cat([frames.mean(2), frames.std(2)], 1).flatten(1)))
+        head = runtimes.embedding_head(network, frames)
+    assert head.dtype == torch.float32 and head.shape == (shape[0], 128)
+    numpy.testing.assert_allclose(head.numpy(), eager.numpy(), rtol=0, atol=1e-6)
