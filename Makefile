@@ -18,11 +18,11 @@ help:
 # The editable install uses compat mode: it puts the work tree on sys.path, so that the
 # pkgutil namespace packages bob/ and bob/learn/ (shared with bob, bob.learn.em, ...) find
 # bob.learn.pytorch in every process, including bob's `bob` command.
-$(VENV)/.installed: setup.py requirements.txt fast-requirements.txt mnn-requirements.txt test-requirements.txt
+$(VENV)/.installed: setup.py requirements.txt fast-requirements.txt mnn-requirements.txt vad-requirements.txt test-requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade "pip>=23.1"
 	$(PIP) install --quiet $(TORCH_PIN)
-	$(PIP) install --quiet -e ".[fast,mnn,test,doc]" --config-settings editable_mode=compat
+	$(PIP) install --quiet -e ".[fast,mnn,vad,test,doc]" --config-settings editable_mode=compat
 	touch $@
 
 env: $(VENV)/.installed

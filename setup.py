@@ -35,6 +35,7 @@ setup(
     extras_require={
         "fast": read_requirements("fast-requirements.txt"),
         "mnn": read_requirements("fast-requirements.txt") + read_requirements("mnn-requirements.txt"),
+        "vad": read_requirements("vad-requirements.txt"),
         "test": read_requirements("test-requirements.txt"),
         "doc": ["sphinx>=7", "sphinx-rtd-theme>=2", "numpydoc>=1.6"],
     },
