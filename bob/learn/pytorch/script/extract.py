@@ -20,6 +20,7 @@ import scipy.io.wavfile
 from ..atomic import not_regular_file_reason, replacing, temporary_name
 from ..io import utf8_encodable
 from ..preprocessor.audio import EmbeddingExtractor
+from ..regions import RegionRequest
 
 __all__ = [
     "AudioInput", "Failure", "Embedded", "InputConflict",
@@ -64,12 +65,18 @@ class Failure:
 
 @dataclass(frozen=True)
 class Embedded:
-    """The embedding rows of one input: ``(1, D)``, or one row per chunk with ``-L``."""
+    """The embedding rows of one input: ``(1, D)``, one row per chunk with ``-L``, or one per window or segment.
+
+    ``times`` (``(N, 2)`` start and end seconds) and ``labels`` are set for
+    windows and segments (:class:`~bob.learn.pytorch.regions.RegionRequest`).
+    """
 
     item: AudioInput
     rows: numpy.ndarray
     rate: int
     n_samples: int
+    times: Optional[numpy.ndarray] = None
+    labels: Optional[List[str]] = None
 
 
 class InputConflict(ValueError):
@@ -309,6 +316,7 @@ def embed_inputs(
     chunk_length: int = 0,
     batch_size: int = 8,
     on_progress: Optional[Callable[[int], None]] = None,
+    regions: Optional[RegionRequest] = None,
 ) -> Iterator[Union[Embedded, Failure]]:
     """Embed each input, yielding its rows or the reason it failed, in input order.
 
@@ -325,6 +333,9 @@ def embed_inputs(
         Recordings per forward pass (chunks per pass when ``chunk_length`` > 0).
     on_progress : callable, optional
         Called with the number of inputs just finished.
+    regions : RegionRequest, optional
+        Embed windows or segments of each recording instead (one row each,
+        with its times); ``chunk_length`` must then be 0.
 
     Yields
     ------
@@ -332,7 +343,7 @@ def embed_inputs(
         A failure never stops the others: a group holding a bad recording is
         embedded again one recording at a time.
     """
-    group_size = batch_size if chunk_length == 0 else 1
+    group_size = batch_size if chunk_length == 0 and regions is None else 1
     for start in range(0, len(inputs), group_size):
         group = inputs[start : start + group_size]
         loaded, outcomes = [], {}
@@ -344,6 +355,10 @@ def embed_inputs(
         rows = _embed_group(extractor, loaded, batch_size) if chunk_length == 0 and len(loaded) > 1 else None
         for index, (item, audio) in enumerate(loaded):
             try:
+                if regions is not None:
+                    found = regions.embed(extractor, item.name, audio)
+                    outcomes[item] = Embedded(item, found.rows, audio[0], _length(audio), found.times, found.labels)
+                    continue
                 found = rows[index : index + 1] if rows is not None else _embed_one(extractor, audio, chunk_length, batch_size)
                 outcomes[item] = Embedded(item, numpy.asarray(found, dtype=numpy.float32), audio[0], _length(audio))
             except Exception as error:  # noqa: BLE001 - one bad recording must not stop the others
@@ -389,6 +404,11 @@ def _write_hdf5(results: Sequence[Embedded], target: Path, attributes: dict) -> 
             dataset.attrs["source"] = os.path.abspath(result.item.path)
             dataset.attrs["sample_rate"] = result.rate
             dataset.attrs["duration_s"] = result.n_samples / result.rate if result.rate else 0.0
+            if result.times is not None:
+                dataset.attrs["start"] = result.times[:, 0]
+                dataset.attrs["end"] = result.times[:, 1]
+            if result.labels is not None:
+                dataset.attrs["labels"] = result.labels
 
 
 def _row_labels(results: Sequence[Embedded]) -> Iterator[Tuple[str, int, str]]:
@@ -397,22 +417,43 @@ def _row_labels(results: Sequence[Embedded]) -> Iterator[Tuple[str, int, str]]:
             yield result.item.name, chunk, os.path.abspath(result.item.path)
 
 
+def _time_columns(results: Sequence[Embedded]) -> List[str]:
+    """``start``, ``end`` (and ``label``) columns when the rows are windows or segments."""
+    if all(result.times is None for result in results):
+        return []
+    return ["start", "end"] + (["label"] if any(result.labels is not None for result in results) else [])
+
+
+def _time_fields(results: Sequence[Embedded], columns: Sequence[str]) -> Iterator[List[str]]:
+    """The values of :func:`_time_columns` for every row, in row order (seconds to the microsecond)."""
+    for result in results:
+        for index in range(len(result.rows)):
+            fields = [] if not columns else [format(float(t), ".6f") for t in result.times[index]]
+            if "label" in columns:
+                fields.append("" if result.labels is None else result.labels[index])
+            yield fields
+
+
 def _write_csv(results: Sequence[Embedded], target: Path) -> None:
     width = results[0].rows.shape[1]
+    columns = _time_columns(results)
     with open(target, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["name", "chunk"] + [f"e{i}" for i in range(width)])
+        writer.writerow(["name", "chunk"] + columns + [f"e{i}" for i in range(width)])
         rows = (row for result in results for row in result.rows)
-        for (name, chunk, _), row in zip(_row_labels(results), rows):
-            writer.writerow([name, chunk] + [format(float(value), ".9g") for value in row])
+        for (name, chunk, _), times, row in zip(_row_labels(results), _time_fields(results, columns), rows):
+            writer.writerow([name, chunk] + times + [format(float(value), ".9g") for value in row])
 
 
 def _write_rows_table(results: Sequence[Embedded], target: Path) -> None:
+    columns = _time_columns(results)
     with open(target, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["row", "name", "chunk", "source"])
-        for row, (name, chunk, source) in enumerate(_row_labels(results)):
-            writer.writerow([row, name, chunk, source])
+        writer.writerow(["row", "name", "chunk", "source"] + columns)
+        for row, (name, chunk, source), times in zip(
+            range(sum(len(result.rows) for result in results)), _row_labels(results), _time_fields(results, columns)
+        ):
+            writer.writerow([row, name, chunk, source] + times)
 
 
 def output_files(path: PathLike) -> List[Path]:
@@ -500,6 +541,11 @@ def write_output(results: Sequence[Embedded], path: PathLike, attributes: Option
       ``<stem>.rows.csv`` (``row,name,chunk,source``) saying which input
       each row belongs to.
     * ``.csv``: a header ``name,chunk,e0,...`` and one line per row.
+
+    Windows and segments (rows with ``times``) carry their start and end
+    seconds: HDF5 attributes ``start`` and ``end`` (and ``labels``) on each
+    dataset; ``start``, ``end`` (and ``label``) columns after ``chunk`` in
+    the CSV output and in the ``.npy`` output's row table.
 
     Every file is written under a temporary name beside its target, flushed
     and fsynced, and renamed into place only once all of them are complete
