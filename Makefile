@@ -13,7 +13,7 @@ help:
 	@echo "make test   - create $(VENV), install the package with its fast, mnn, test and doc extras, run the tests"
 	@echo "make demo   - embed the bundled recordings and print a similarity matrix (MODEL=/path/to/model.pth.tar)"
 	@echo "make docs   - build the Sphinx documentation into doc/_build/html"
-	@echo "make bench  - run the speed and memory benchmarks, the runtimes side by side, then the dask scale-out benchmark"
+	@echo "make bench  - run the speed and memory benchmarks, the runtimes side by side, sliding windows, then the dask scale-out benchmark"
 
 # The editable install uses compat mode: it puts the work tree on sys.path, so that the
 # pkgutil namespace packages bob/ and bob/learn/ (shared with bob, bob.learn.em, ...) find
@@ -40,6 +40,7 @@ demo: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/runtimes.py
+	$(PY) benchmarks/windows.py
 	$(PY) benchmarks/cluster.py
 
 clean:

@@ -44,10 +44,12 @@ setup(
         "bob.bio.pipeline": [
             "dltresnet34-voxceleb = bob.learn.pytorch.config.audio.dltresnet34:pipeline",
             "resnet34-voxceleb = bob.learn.pytorch.config.audio.resnet34:pipeline",
+            "dltresnet34-voxceleb-vad = bob.learn.pytorch.config.audio.dltresnet34_vad:pipeline",
         ],
         "bob.bio.config": [
             "dltresnet34-voxceleb = bob.learn.pytorch.config.audio.dltresnet34",
             "resnet34-voxceleb = bob.learn.pytorch.config.audio.resnet34",
+            "dltresnet34-voxceleb-vad = bob.learn.pytorch.config.audio.dltresnet34_vad",
         ],
         "bob.bio.preprocessor": [
             "dltresnet34-voxceleb = bob.learn.pytorch.config.audio.dltresnet34:preprocessor",

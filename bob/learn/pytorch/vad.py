@@ -136,8 +136,9 @@ def as_labels(labels: Any, source: str = "labels") -> numpy.ndarray:
             f"{source}: speech labels must be a 1-D array of 0/1 values, one per 10 ms frame; "
             f"got shape {array.shape}, dtype {array.dtype}"
         )
-    if array.size and not numpy.all((array == 0) | (array == 1)):
-        raise ValueError(f"{source}: speech labels must be 0 or 1, got values {numpy.unique(array)[:5].tolist()}")
+    bad = numpy.unique(array[(array != 0) & (array != 1)]) if array.size else array
+    if bad.size:
+        raise ValueError(f"{source}: speech labels must be 0 or 1, got {bad[:5].tolist()}")
     return array.astype(bool)
 
 

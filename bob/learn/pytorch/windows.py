@@ -45,6 +45,8 @@ __all__ = [
     "SpeechFrames",
     "speech_activity",
     "embed_speech",
+    "speech_labels",
+    "embed_with_labels",
     "window_times",
     "embed_windows",
     "check_segments",
@@ -140,6 +142,43 @@ def embed_speech(
             f"({min_frames * FRAME_SHIFT:.2f} s) of speech. Use vad=None to embed the whole recording"
         )
     return pipeline.embed_source(SpeechFrames(source, kept)), used
+
+
+def speech_labels(annotations: Any) -> Optional[numpy.ndarray]:
+    """The 0/1 speech labels held in a sample's annotations, or None when they hold none (None or a dict).
+
+    bob.bio.spear's VAD annotators (``Energy_2Gauss``, ``Mod_4Hz``) store one
+    0/1 label per 10 ms frame as the sample's annotations.
+    """
+    from .vad import as_labels
+
+    if annotations is None or isinstance(annotations, dict):
+        return None
+    return as_labels(annotations, "annotations")
+
+
+def embed_with_labels(extractor: Any, audios: Sequence[Any], annotations: Sequence[Any], batch_size: int = 8):
+    """Embeddings ``(N, D)`` of recordings, each restricted to the speech frames its annotations label.
+
+    Recordings whose annotations hold no labels (:func:`speech_labels`) are
+    embedded as ``extractor.embed_many`` embeds them, together; the others one
+    by one with :meth:`EmbeddingExtractor.embed_speech`. Errors name the recording's index.
+    """
+    annotations = list(annotations)
+    if len(annotations) != len(audios):
+        raise ValueError(f"got {len(audios)} recordings but {len(annotations)} annotations")
+    labels = [speech_labels(each) for each in annotations]
+    result = numpy.zeros((len(audios), extractor.bn_dim), dtype=numpy.float32)
+    whole = [i for i, found in enumerate(labels) if found is None]
+    if whole:
+        result[whole] = extractor.embed_many([audios[i] for i in whole], batch_size=batch_size)
+    for index, found in enumerate(labels):
+        if found is not None:
+            try:
+                result[index] = extractor.embed_speech(audios[index], labels=found)[0][0]
+            except ValueError as exc:
+                raise ValueError(f"audios[{index}]: {exc}") from exc
+    return result
 
 
 # -- windows and segments ---------------------------------------------------------------------

@@ -15,6 +15,9 @@ Contracts held here:
 - too little speech, including all-silence input, is a ValueError naming the
   speech found.
 """
+import re
+import sys
+
 import numpy
 import pytest
 import scipy.io.wavfile
@@ -25,7 +28,7 @@ from bob.learn.pytorch.embedding import embed_chunks
 from bob.learn.pytorch.preprocessor.audio import EmbeddingExtractor
 from bob.learn.pytorch.vad import EnergyVAD, labels_to_segments
 
-from .conftest import SPEECH
+from .conftest import REPO, SPEECH
 
 ATOL = 1e-5
 #: Speech-only embeddings with silence inserted where the VAD labels are unchanged.
@@ -275,3 +278,71 @@ def test_without_vad_the_extractor_is_unchanged(extractor):
     assert extractor.vad is None
     with pytest.raises(ValueError, match=r"this extractor has no VAD: create it with vad='energy'"):
         extractor.voice_activity(speech("librivox_0880"))
+
+
+# -- the rows of doc/robustness.rst on voice activity, windows and segments -------------------
+
+ROBUSTNESS = REPO / "doc" / "robustness.rst"
+SECTION = "Voice activity, windows and segments"
+
+
+def robustness_rows():
+    """(case, outcome, message) of the page's table under :data:`SECTION`, header excluded."""
+    text = ROBUSTNESS.read_text().split(SECTION, 1)[1].split(".. list-table::", 1)[1]
+    text = text.split("\n\n\n", 1)[0].split("\nWhat never happens", 1)[0]
+    cells = re.findall(r"^   [* ] - (.*)$", text, flags=re.MULTILINE)
+    return [tuple(cells[i : i + 3]) for i in range(0, len(cells), 3)][1:]
+
+
+def _segments_file_cli(tmp_path):
+    from click.testing import CliRunner
+
+    from bob.learn.pytorch.script.pytorch import pytorch
+
+    bad = tmp_path / "segments.txt"
+    bad.write_text("0 1\n")
+    result = CliRunner().invoke(
+        pytorch, ["extract-audio", str(SPEECH / "librivox_0880.wav"), "-o", str(tmp_path / "o.csv"), "--segments", str(bad)]
+    )
+    return result.exit_code, result.stderr
+
+
+def robustness_cases(extractor, vad_extractor, tmp_path, monkeypatch):
+    rate, samples = speech("librivox_0880")
+    quiet = numpy.concatenate([numpy.zeros(2 * rate, samples.dtype), samples[4000:6400], numpy.zeros(rate, samples.dtype)])
+
+    def without_silero():
+        monkeypatch.setitem(sys.modules, "silero_vad", None)
+        return EmbeddingExtractor("dltresnet34", test=True, vad="silero")
+
+    return {
+        "all-silence recording": lambda: vad_extractor((16000, numpy.zeros(32000, numpy.int16))),
+        "recording with less than 37 frames": lambda: vad_extractor((rate, quiet)),
+        "unknown VAD name": lambda: EmbeddingExtractor("dltresnet34", test=True, vad="webrtc"),
+        '``vad="silero"`` without': without_silero,
+        "speech labels other than 0 and 1": lambda: extractor.embed_speech((rate, samples), labels=[0, 1, 2]),
+        "a VAD callable returning": lambda: EmbeddingExtractor("dltresnet34", test=True, vad=lambda a: None)((rate, samples)),
+        "window shorter than": lambda: extractor.embed_windows((rate, samples), 0.3, 0.1),
+        "``step`` of zero": lambda: extractor.embed_windows((rate, samples), 1.0, -1.0),
+        "recording shorter than one window": lambda: extractor.embed_windows((rate, samples), 5.0, 1.0),
+        "segment ending after": lambda: extractor.embed_segments((rate, samples), [(1.0, 3.5)]),
+        "segment with ``end <= start``": lambda: extractor.embed_segments((rate, samples), [(1.0, 1.0)]),
+        "segments file other than": lambda: _segments_file_cli(tmp_path),
+    }
+
+
+def test_robustness_rows_on_voice_activity_windows_and_segments(extractor, vad_extractor, tmp_path, monkeypatch):
+    rows = robustness_rows()
+    assert len(rows) == 12
+    known = robustness_cases(extractor, vad_extractor, tmp_path, monkeypatch)
+    for described, outcome, message in rows:
+        call = next((action for prefix, action in known.items() if described.startswith(prefix)), None)
+        assert call is not None, f"no test case for documented row {described!r}"
+        if outcome.startswith("exit status"):
+            status, stderr = call()
+            assert status == int(outcome.split()[-1]) and message in " ".join(stderr.split()), described
+            continue
+        kind = {"``ValueError``": ValueError, "``TypeError``": TypeError, "``ImportError``": ImportError}[outcome]
+        with pytest.raises(kind) as error:
+            call()
+        assert message in str(error.value), described
