@@ -13,16 +13,16 @@ help:
 	@echo "make test   - create $(VENV), install the package with its fast, mnn, test and doc extras, run the tests"
 	@echo "make demo   - embed the bundled recordings and print a similarity matrix (MODEL=/path/to/model.pth.tar)"
 	@echo "make docs   - build the Sphinx documentation into doc/_build/html"
-	@echo "make bench  - run the speed and memory benchmarks, the runtimes side by side, a one-off command's first use, the AS-norm cohort statistics chunked and whole, then the dask scale-out benchmark"
+	@echo "make bench  - run the speed and memory benchmarks, the runtimes side by side, a one-off command's first use, the AS-norm cohort statistics chunked and whole, sliding windows, then the dask scale-out benchmark"
 
 # The editable install uses compat mode: it puts the work tree on sys.path, so that the
 # pkgutil namespace packages bob/ and bob/learn/ (shared with bob, bob.learn.em, ...) find
 # bob.learn.pytorch in every process, including bob's `bob` command.
-$(VENV)/.installed: setup.py requirements.txt fast-requirements.txt mnn-requirements.txt test-requirements.txt
+$(VENV)/.installed: setup.py requirements.txt fast-requirements.txt mnn-requirements.txt vad-requirements.txt test-requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade "pip>=23.1"
 	$(PIP) install --quiet $(TORCH_PIN)
-	$(PIP) install --quiet -e ".[fast,mnn,test,doc]" --config-settings editable_mode=compat
+	$(PIP) install --quiet -e ".[fast,mnn,vad,test,doc]" --config-settings editable_mode=compat
 	touch $@
 
 env: $(VENV)/.installed
@@ -42,6 +42,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/runtimes.py
 	$(PY) benchmarks/firstuse.py
 	$(PY) benchmarks/cohort.py
+	$(PY) benchmarks/windows.py
 	$(PY) benchmarks/cluster.py
 
 clean:

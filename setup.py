@@ -35,6 +35,7 @@ setup(
     extras_require={
         "fast": read_requirements("fast-requirements.txt"),
         "mnn": read_requirements("fast-requirements.txt") + read_requirements("mnn-requirements.txt"),
+        "vad": read_requirements("vad-requirements.txt"),
         "test": read_requirements("test-requirements.txt"),
         "doc": ["sphinx>=7", "sphinx-rtd-theme>=2", "numpydoc>=1.6"],
     },
@@ -43,10 +44,12 @@ setup(
         "bob.bio.pipeline": [
             "dltresnet34-voxceleb = bob.learn.pytorch.config.audio.dltresnet34:pipeline",
             "resnet34-voxceleb = bob.learn.pytorch.config.audio.resnet34:pipeline",
+            "dltresnet34-voxceleb-vad = bob.learn.pytorch.config.audio.dltresnet34_vad:pipeline",
         ],
         "bob.bio.config": [
             "dltresnet34-voxceleb = bob.learn.pytorch.config.audio.dltresnet34",
             "resnet34-voxceleb = bob.learn.pytorch.config.audio.resnet34",
+            "dltresnet34-voxceleb-vad = bob.learn.pytorch.config.audio.dltresnet34_vad",
         ],
         "bob.bio.preprocessor": [
             "dltresnet34-voxceleb = bob.learn.pytorch.config.audio.dltresnet34:preprocessor",

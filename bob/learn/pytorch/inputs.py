@@ -18,12 +18,16 @@ import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy
 import scipy.io.wavfile
 
+from .embedding import plan_chunks
 from .io import utf8_encodable
+
+if TYPE_CHECKING:
+    from .regions import RegionRequest
 
 __all__ = [
     "AudioInput",
@@ -74,12 +78,27 @@ class Failure:
 
 @dataclass(frozen=True)
 class Embedded:
-    """The embedding rows of one input: ``(1, D)``, or one row per chunk with ``-L``."""
+    """The embedding rows of one input: ``(1, D)``, one row per chunk with ``-L``, or one per window or segment.
+
+    ``times`` holds each row's start and end in seconds, ``(N, 2)``: the
+    whole recording, the samples a chunk's frames cover, or the window or
+    segment (:class:`~bob.learn.pytorch.regions.RegionRequest`). ``labels``
+    are the segments' labels, when they have some.
+    """
 
     item: AudioInput
     rows: numpy.ndarray
     rate: int
     n_samples: int
+    times: Optional[numpy.ndarray] = None
+    labels: Optional[List[str]] = None
+
+    def row_times(self) -> numpy.ndarray:
+        """``times``, or the whole recording's ``[[0, duration]]`` for a row without them."""
+        if self.times is not None:
+            return numpy.asarray(self.times, dtype=numpy.float64)
+        duration = self.n_samples / self.rate if self.rate else 0.0
+        return numpy.tile([0.0, duration], (len(self.rows), 1))
 
 
 class InputConflict(ValueError):
@@ -403,6 +422,17 @@ def _embed_one(extractor, audio: Tuple[int, numpy.ndarray], chunk_length: int, b
     return extractor.extract_embeddings(extractor.network, specs, chunk_length, batch_size)
 
 
+def _chunk_times(extractor, audio: Tuple[int, numpy.ndarray], chunk_length: int) -> numpy.ndarray:
+    """Start and end seconds of the samples each embedded ``-L`` chunk's frames cover (chunks too short are dropped)."""
+    record = extractor.pretrained
+    front_end = record.front_end
+    n_frames = front_end.n_frames(round(_length(audio) * front_end.sample_rate / audio[0]))
+    chunks = [(a, b) for a, b in plan_chunks(n_frames, chunk_length) if b - a >= record.min_frames]
+    hop, window = front_end.win_shift_ms / 1000.0, front_end.win_length_ms / 1000.0
+    duration = _length(audio) / audio[0]
+    return numpy.array([[a * hop, min((b - 1) * hop + window, duration)] for a, b in chunks], dtype=numpy.float64)
+
+
 def _embed_group(extractor, loaded: List[Tuple[AudioInput, Tuple[int, numpy.ndarray]]], batch_size: int) -> Optional[numpy.ndarray]:
     """Rows of a whole group through ``embed_many``, or None if any recording fails."""
     try:
@@ -418,6 +448,7 @@ def embed_inputs(
     chunk_length: int = 0,
     batch_size: int = 8,
     on_progress: Optional[Callable[[int], None]] = None,
+    regions: Optional["RegionRequest"] = None,
 ) -> Iterator[Union[Embedded, Failure]]:
     """Embed each input, yielding its rows or the reason it failed, in input order.
 
@@ -434,6 +465,9 @@ def embed_inputs(
         Recordings per forward pass (chunks per pass when ``chunk_length`` > 0).
     on_progress : callable, optional
         Called with the number of inputs just finished.
+    regions : RegionRequest, optional
+        Embed windows or segments of each recording instead (one row each,
+        with its times); ``chunk_length`` must then be 0.
 
     Yields
     ------
@@ -441,7 +475,7 @@ def embed_inputs(
         A failure never stops the others: a group holding a bad recording is
         embedded again one recording at a time.
     """
-    group_size = batch_size if chunk_length == 0 else 1
+    group_size = batch_size if chunk_length == 0 and regions is None else 1
     for start in range(0, len(inputs), group_size):
         group = inputs[start : start + group_size]
         loaded, outcomes = [], {}
@@ -453,8 +487,13 @@ def embed_inputs(
         rows = _embed_group(extractor, loaded, batch_size) if chunk_length == 0 and len(loaded) > 1 else None
         for index, (item, audio) in enumerate(loaded):
             try:
+                if regions is not None:
+                    found = regions.embed(extractor, item.name, audio)
+                    outcomes[item] = Embedded(item, found.rows, audio[0], _length(audio), found.times, found.labels)
+                    continue
                 found = rows[index : index + 1] if rows is not None else _embed_one(extractor, audio, chunk_length, batch_size)
-                outcomes[item] = Embedded(item, numpy.asarray(found, dtype=numpy.float32), audio[0], _length(audio))
+                times = _chunk_times(extractor, audio, chunk_length) if chunk_length else None
+                outcomes[item] = Embedded(item, numpy.asarray(found, dtype=numpy.float32), audio[0], _length(audio), times)
             except Exception as error:  # noqa: BLE001 - one bad recording must not stop the others
                 logger.debug("embedding %s failed", item.path, exc_info=True)
                 outcomes[item] = Failure(str(item.path), _one_line(error))

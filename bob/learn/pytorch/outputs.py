@@ -19,7 +19,7 @@ import csv
 import errno
 import os
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import h5py
 import numpy
@@ -192,6 +192,11 @@ def _hdf5_image(results: Sequence[Embedded], attributes: dict) -> bytes:
             dataset.attrs["source"] = os.path.abspath(result.item.path)
             dataset.attrs["sample_rate"] = result.rate
             dataset.attrs["duration_s"] = result.n_samples / result.rate if result.rate else 0.0
+            if result.times is not None:
+                dataset.attrs["start"] = result.times[:, 0]
+                dataset.attrs["end"] = result.times[:, 1]
+            if result.labels is not None:
+                dataset.attrs["labels"] = list(result.labels)
         hdf5.flush()
         return hdf5.id.get_file_image()
 
@@ -208,14 +213,34 @@ def _row_labels(results: Sequence[Embedded]):
             yield result.item.name, chunk, os.path.abspath(result.item.path)
 
 
+def _timed(results: Sequence[Embedded]) -> bool:
+    """Whether the rows are chunks, windows or segments (with times), not whole recordings."""
+    return any(result.times is not None for result in results)
+
+
+def _labelled(results: Sequence[Embedded]) -> bool:
+    return any(result.labels is not None for result in results)
+
+
+def _row_times(results: Sequence[Embedded]) -> Iterator[Tuple[float, float, str]]:
+    """Each row's start and end seconds and label (empty when it has none), in row order."""
+    for result in results:
+        labels = result.labels if result.labels is not None else [""] * len(result.rows)
+        for (start, end), label in zip(result.row_times(), labels):
+            yield float(start), float(end), label
+
+
 def _write_csv(results: Sequence[Embedded], target: Path, attributes: dict) -> None:
     width = results[0].rows.shape[1]
+    timed, labelled = _timed(results), _labelled(results)
+    columns = (["start", "end"] if timed else []) + (["label"] if labelled else [])
     with open(target, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["name", "chunk"] + [f"e{i}" for i in range(width)])
+        writer.writerow(["name", "chunk"] + columns + [f"e{i}" for i in range(width)])
         rows = (row for result in results for row in result.rows)
-        for (name, chunk, _), row in zip(_row_labels(results), rows):
-            writer.writerow([name, chunk] + [format(float(value), ".9g") for value in row])
+        for (name, chunk, _), (start, end, label), row in zip(_row_labels(results), _row_times(results), rows):
+            times = ([format(start, ".6f"), format(end, ".6f")] if timed else []) + ([label] if labelled else [])
+            writer.writerow([name, chunk] + times + [format(float(value), ".9g") for value in row])
 
 
 def _npy_records(results: Sequence[Embedded]) -> numpy.ndarray:
@@ -223,13 +248,19 @@ def _npy_records(results: Sequence[Embedded]) -> numpy.ndarray:
     labels = list(_row_labels(results))
     width = results[0].rows.shape[1]
     text = max(1, *(len(name) for name, _, _ in labels)), max(1, *(len(source) for _, _, source in labels))
+    times = list(_row_times(results))
+    label_width = max(1, *(len(label) for _, _, label in times))
     dtype = numpy.dtype([
-        ("name", f"<U{text[0]}"), ("chunk", "<i8"), ("source", f"<U{text[1]}"), ("embedding", "<f4", (width,)),
+        ("name", f"<U{text[0]}"), ("chunk", "<i8"), ("source", f"<U{text[1]}"),
+        ("start", "<f8"), ("end", "<f8"), ("label", f"<U{label_width}"), ("embedding", "<f4", (width,)),
     ])
     records = numpy.empty(len(labels), dtype=dtype)
     records["name"] = [name for name, _, _ in labels]
     records["chunk"] = [chunk for _, chunk, _ in labels]
     records["source"] = [source for _, _, source in labels]
+    records["start"] = [start for start, _, _ in times]
+    records["end"] = [end for _, end, _ in times]
+    records["label"] = [label for _, _, label in times]
     records["embedding"] = numpy.vstack([result.rows for result in results])
     return records
 
@@ -248,12 +279,13 @@ def read_npy_output(path: PathLike) -> Tuple[numpy.ndarray, numpy.ndarray]:
     """The rows of an ``.npy`` output and their labels: ``(embeddings, labels)``.
 
     ``embeddings`` is the float32 ``(rows, D)`` matrix; ``labels`` the
-    record array of ``name``, ``chunk`` and ``source`` per row. The file
+    record array of ``name``, ``chunk``, ``source``, ``start``, ``end`` (seconds)
+    and ``label`` per row. The file
     itself is a plain NumPy record array (``numpy.load`` reads it without
     ``allow_pickle``).
     """
     records = numpy.load(path, allow_pickle=False)
-    return records["embedding"], records[["name", "chunk", "source"]]
+    return records["embedding"], records[[field for field in records.dtype.names if field != "embedding"]]
 
 
 #: Errors of a full disk, and how they are reported.
@@ -309,10 +341,17 @@ def write_output(results: Sequence[Embedded], path: PathLike, attributes: Option
       input (``sub/x`` creates group ``sub``), with attributes ``source``,
       ``sample_rate`` and ``duration_s``; ``attributes`` go on the file.
     * ``.npy``: one NumPy record array, one record per row, with fields
-      ``name``, ``chunk``, ``source`` and ``embedding`` (float32, ``(D,)``):
+      ``name``, ``chunk``, ``source``, ``start`` and ``end`` (seconds),
+      ``label`` and ``embedding`` (float32, ``(D,)``):
       ``numpy.load(path)["embedding"]`` is the ``(rows, D)`` matrix
       (:func:`read_npy_output`).
     * ``.csv``: a header ``name,chunk,e0,...`` and one line per row.
+
+    Chunks (``-L``), windows and segments carry each row's start and end
+    seconds: HDF5 attributes ``start`` and ``end`` (and ``labels``) on each
+    dataset, ``start`` and ``end`` (and ``label``) columns after ``chunk`` in
+    the CSV output; the ``.npy`` records always have them (a whole
+    recording's row spans ``0`` to its duration).
 
     The file is written under a temporary name beside its target, closed,
     flushed and fsynced, and renamed into place (see

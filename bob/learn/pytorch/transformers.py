@@ -165,6 +165,14 @@ class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
     rate_attribute : str, optional
         Name of the sample attribute holding the sampling rate, when ``data``
         holds the samples alone.
+    annotations_attribute : str, optional
+        Name of the sample attribute holding speech labels, usually
+        ``"annotations"``: where it holds 0/1 labels, one per 10 ms frame (what
+        bob.bio.spear's VAD annotators and
+        :class:`~bob.learn.pytorch.annotators.VoiceActivityAnnotator` produce),
+        only the frames labelled 1 are embedded
+        (:func:`bob.learn.pytorch.windows.embed_with_labels`); where it holds
+        None or a dict, the whole recording is.
 
     Notes
     -----
@@ -203,6 +211,7 @@ class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
         device: Optional[str] = None,
         batch_size: int = 8,
         rate_attribute: Optional[str] = None,
+        annotations_attribute: Optional[str] = None,
     ) -> None:
         self.extractor = extractor
         self.network = network
@@ -211,6 +220,7 @@ class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
         self.device = device
         self.batch_size = batch_size
         self.rate_attribute = rate_attribute
+        self.annotations_attribute = annotations_attribute
 
     # -- the extractor, resolved on first use -------------------------------------------------
 
@@ -285,7 +295,9 @@ class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
         """Nothing to learn; returns ``self``."""
         return self
 
-    def transform(self, X: Sequence[Any], rate: Optional[Sequence[int]] = None) -> list:
+    def transform(
+        self, X: Sequence[Any], rate: Optional[Sequence[int]] = None, annotations: Optional[Sequence[Any]] = None
+    ) -> list:
         """Embed every recording of ``X`` with one :meth:`embed_many` call.
 
         Parameters
@@ -295,6 +307,10 @@ class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
         rate : sequence of int, optional
             Sampling rate of each element of ``X`` (bob passes the samples'
             ``rate_attribute`` here).
+        annotations : sequence, optional
+            Each recording's speech labels (0/1 per 10 ms frame), or None or a
+            dict to embed it whole (bob passes the samples'
+            ``annotations_attribute`` here).
 
         Returns
         -------
@@ -310,7 +326,12 @@ class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
         audios = _as_audios(X, rate)
         if not audios:
             return []
-        embeddings = self._get_extractor().embed_many(audios, batch_size=self.batch_size)
+        if annotations is not None:
+            from .windows import embed_with_labels
+
+            embeddings = embed_with_labels(self._get_extractor(), audios, annotations, self.batch_size)
+        else:
+            embeddings = self._get_extractor().embed_many(audios, batch_size=self.batch_size)
         return [row[numpy.newaxis, :] for row in embeddings]
 
     def write_data(self, data: Any, data_file: PathLike) -> None:
@@ -329,8 +350,10 @@ class AudioEmbeddingTransformer(TransformerMixin, BaseEstimator):
             "bob_features_save_fn": self.write_data,
             "bob_features_load_fn": self.read_data,
         }
-        if self.rate_attribute is not None:
-            tags["bob_transform_extra_input"] = (("rate", self.rate_attribute),)
+        extra = [("rate", self.rate_attribute), ("annotations", self.annotations_attribute)]
+        extra = tuple((argument, attribute) for argument, attribute in extra if attribute is not None)
+        if extra:
+            tags["bob_transform_extra_input"] = extra
         return tags
 
     def __sklearn_tags__(self):  # scikit-learn >= 1.6

@@ -28,6 +28,8 @@ from ..inputs import AudioInput, Embedded, Failure, collect_inputs, embed_inputs
 if TYPE_CHECKING:
     from ..preprocessor.audio import EmbeddingExtractor
 from . import score as score_commands
+from ..regions import RegionRequest
+from .region_options import region_attributes, region_options, region_request
 
 logger = logging.getLogger("bob.learn.pytorch")
 
@@ -102,10 +104,11 @@ def load_extractor(
     device: str = "cpu",
     trust_checkpoint: bool = False,
     backend: str = "auto",
+    vad: Optional[str] = None,
 ) -> EmbeddingExtractor:
     """Build the extractor and load its network now, turning model problems into one-line errors.
 
-    ``backend`` is passed on to the extractor (see :data:`BACKEND_CHOICES`).
+    ``backend`` and ``vad`` are passed on to the extractor (see :data:`BACKEND_CHOICES`).
     """
     from ..preprocessor.audio import EmbeddingExtractor
 
@@ -113,7 +116,7 @@ def load_extractor(
     check_backend(backend)
     try:
         extractor = EmbeddingExtractor(
-            network, model_file, device=torch_device, trust_checkpoint=trust_checkpoint, backend=backend
+            network, model_file, device=torch_device, trust_checkpoint=trust_checkpoint, backend=backend, vad=vad
         )
         with exporter_output_logged():
             extractor.network  # noqa: B018 - load now, so that a bad file fails before any recording is read
@@ -318,6 +321,7 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
     "check against eager, else eager. mnn (the mnn extra) only when named: faster on long recordings, prints on "
     "the standard output, unusable in a process forked after it started.",
 )
+@region_options
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @verbosity_option(logger=logger)
 def extract_audio(
@@ -332,6 +336,11 @@ def extract_audio(
     batch_size: int,
     backend: str,
     quiet: bool,
+    vad: Optional[str] = None,
+    window: Optional[float] = None,
+    step: Optional[float] = None,
+    segments: Optional[str] = None,
+    pool_labels: bool = False,
     **_: object,
 ) -> None:
     """Embed WAV recordings into one output file.
@@ -348,9 +357,13 @@ def extract_audio(
       bob pytorch extract-audio recordings/ -o embeddings.h5
       bob pytorch extract-audio a.wav b.wav -o embeddings.csv --network resnet34 -L 300
       bob pytorch extract-audio recordings/ -o embeddings.h5 --backend eager
+      bob pytorch extract-audio recordings/ -o speech.h5 --vad energy
+      bob pytorch extract-audio talk.wav -o windows.csv --window 1.5 --step 0.75
+      bob pytorch extract-audio talk.wav -o speakers.csv --segments talk.rttm --pool-labels
     """
     record = chosen_network(network, use_res)
     check_chunk_length(chunk_length, record)
+    regions = region_request(vad, window, step, segments, pool_labels, chunk_length)
     try:
         outputs.output_format(output)
         items, problems = collect_inputs(inputs)
@@ -369,7 +382,7 @@ def extract_audio(
         raise click.ClickException(_one_line(error)) from None
     try:
         _extract_and_write(items, problems, output, model_file, record, device, trust_checkpoint, backend,
-                           chunk_length, batch_size, quiet)
+                           chunk_length, batch_size, quiet, vad, regions)
     except BaseException:
         atomic.remove_empty_folders(created)  # a failed run leaves no folder it made
         raise
@@ -387,11 +400,19 @@ def _extract_and_write(
     chunk_length: int,
     batch_size: int,
     quiet: bool,
+    vad: Optional[str] = None,
+    regions: Optional[RegionRequest] = None,
 ) -> None:
-    extractor = load_extractor(model_file, record, device, trust_checkpoint, backend)
+    try:
+        extractor = load_extractor(model_file, record, device, trust_checkpoint, backend, vad)
+    except ImportError as error:  # --vad silero without the vad extra
+        raise click.ClickException(f"--vad {vad}: {_one_line(error)}") from None
     attributes = _output_attributes(extractor, chunk_length)
+    attributes.update(region_attributes(vad, regions))
     rehearse_output(items, output, attributes, extractor.bn_dim)
-    results, failures = run_extraction(extractor, items, chunk_length, batch_size, show_progress=_interactive(quiet))
+    results, failures = run_extraction(
+        extractor, items, chunk_length, batch_size, show_progress=_interactive(quiet), regions=regions
+    )
     if results:
         try:
             written = outputs.write_output(results, output, attributes)
@@ -425,12 +446,13 @@ def run_extraction(
     chunk_length: int,
     batch_size: int,
     show_progress: bool,
+    regions: Optional[RegionRequest] = None,
 ) -> Tuple[List[Embedded], List[Failure]]:
     """Embed ``items``, reporting each failure on stderr; returns ``(results, failures)``."""
     results: List[Embedded] = []
     failures: List[Failure] = []
     with progress_reporter(len(items), show_progress, "Embedding") as advance:
-        for outcome in embed_inputs(extractor, items, chunk_length, batch_size, on_progress=advance):
+        for outcome in embed_inputs(extractor, items, chunk_length, batch_size, on_progress=advance, regions=regions):
             if isinstance(outcome, Failure):
                 failures.append(outcome)
                 if not show_progress:

@@ -20,13 +20,14 @@ from typing import Any, Callable, Optional, Union
 import numpy
 import torch
 
-from ... import io, pretrained
+from ... import io, pretrained, windows
 from ...bob_imports import Preprocessor
 from ...devices import check_device
 from ...embedding import whole_number
 from ...weights import ensure_model_file, load_network_file
 from ...pipeline import EmbeddingPipeline
 from ...runtimes import build_runtime, check_runtime_name
+from ...vad import VoiceActivity, get_vad
 
 __all__ = ["EmbeddingExtractor", "DeviceLike", "PathLike"]
 
@@ -65,6 +66,11 @@ class EmbeddingExtractor(Preprocessor):
         Load nothing and keep the randomly initialised network in train mode,
         as the original did for its size-only unit tests. The embeddings are
         meaningless and depend on batch composition.
+    vad : {None, "energy", "silero"} or callable
+        Voice activity detection before the embedding (:mod:`bob.learn.pytorch.vad`):
+        with one, only the spectrogram frames labelled speech are embedded
+        (:func:`bob.learn.pytorch.windows.embed_speech`). None (the default)
+        embeds every frame, as the original.
 
     Examples
     --------
@@ -86,7 +92,9 @@ class EmbeddingExtractor(Preprocessor):
         trust_checkpoint: bool = False,
         backend: str = "auto",
         test: bool = False,
+        vad: Any = None,
     ) -> None:
+        self.vad = get_vad(vad)
         self.pretrained = pretrained.get(network)
         self.num_classes = whole_number("num_classes", self.pretrained.num_classes if num_classes is None else num_classes, 1)
         self.bn_dim = whole_number("bn_dim", self.pretrained.embedding_dim if bn_dim is None else bn_dim, 1)
@@ -200,6 +208,8 @@ class EmbeddingExtractor(Preprocessor):
         """
         if annotations is not None and not isinstance(annotations, Mapping):
             raise TypeError(f"annotations must be None or a dict, got {type(annotations).__name__}")
+        if self.vad is not None:
+            return self.embed_speech(audio)[0]
         return self.pipeline.embed(audio)
 
     def embed_many(self, audios: Iterable[Any], batch_size: int = 8) -> numpy.ndarray:
@@ -227,7 +237,43 @@ class EmbeddingExtractor(Preprocessor):
             If ``batch_size`` is not positive, or an utterance is invalid or
             too short (the message names its index).
         """
+        if self.vad is not None:
+            return numpy.vstack([self(audio) for audio in audios])
         return self.pipeline.embed_many(audios, batch_size)
+
+    # -- what gets embedded: speech only, windows, segments (bob.learn.pytorch.windows) ---------
+
+    def voice_activity(self, audio: Any) -> VoiceActivity:
+        """Speech segments (seconds) and 10 ms frame labels of ``(rate, samples)`` by this extractor's VAD."""
+        if self.vad is None:
+            raise ValueError("this extractor has no VAD: create it with vad='energy', 'silero' or a callable")
+        return windows.speech_activity(self.vad, audio)
+
+    def embed_speech(self, audio: Any, labels: Optional[Any] = None) -> tuple:
+        """The embedding of the speech frames only, and which spectrogram frames were kept.
+
+        Uses ``labels`` (0/1 per 10 ms frame) when given, else the
+        extractor's VAD (``"energy"`` when it has none); see
+        :func:`bob.learn.pytorch.windows.embed_speech`. Returns
+        ``(embedding (1, D), kept (T,) bool)``.
+        """
+        return windows.embed_speech(self.pipeline, audio, self.vad or "energy", labels)
+
+    def embed_windows(self, audio: Any, window: float, step: float) -> tuple:
+        """Embeddings ``(N, D)`` of ``window``-second windows every ``step`` seconds, and times ``(N, 2)``.
+
+        Row ``i`` equals the whole-recording embedding (without VAD) of
+        exactly its samples within 1e-5 (:func:`bob.learn.pytorch.windows.embed_windows`).
+        """
+        return windows.embed_windows(self.pipeline, audio, window, step)
+
+    def embed_segments(self, audio: Any, segments: Any) -> numpy.ndarray:
+        """Embeddings ``(N, D)`` of ``(start, end[, label])`` segments in seconds, each equal to its crop's.
+
+        See :func:`bob.learn.pytorch.windows.embed_segments`; pool by label
+        with :func:`bob.learn.pytorch.windows.pool_by_label`.
+        """
+        return windows.embed_segments(self.pipeline, audio, segments)
 
     def spectrogram(self, audio: Any) -> numpy.ndarray:
         """The float64 ``(T, bins)`` spectrogram of ``(rate, samples)``, checked to be long enough."""
