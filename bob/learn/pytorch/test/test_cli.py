@@ -389,7 +389,7 @@ def test_npy_output_is_one_record_array_with_resnet(tmp_path, rn_file, rn_extrac
     assert result.exit_code == 0, result.output
     assert sorted(path.name for path in tmp_path.iterdir()) == ["home", "rows.npy"]
     stored = numpy.load(output, allow_pickle=False)
-    assert stored.dtype.names == ("name", "chunk", "source", "embedding") and stored.shape == (2,)
+    assert stored.dtype.names == ("name", "chunk", "source", "start", "end", "label", "embedding") and stored.shape == (2,)
     assert stored["embedding"].shape == (2, 128) and stored["embedding"].dtype == numpy.float32
     expected = numpy.vstack([rn_extractor(read_wav(path)) for path in recordings])
     numpy.testing.assert_allclose(stored["embedding"], expected, atol=1e-5, rtol=0)
