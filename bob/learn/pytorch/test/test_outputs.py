@@ -93,8 +93,6 @@ def test_a_file_size_limit_is_one_error_too(work):
         import resource, signal, numpy
         from pathlib import Path
         from bob.learn.pytorch import outputs
-from bob.learn.pytorch.io import write_embedding
-from bob.learn.pytorch.paths import planted_link_problem
         from bob.learn.pytorch.inputs import AudioInput, Embedded
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
