@@ -43,3 +43,14 @@ def add_network_option(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help=f"registered network ({', '.join(pretrained.names())}, or an alias)",
     )
+
+
+def add_memory_options(parser: argparse.ArgumentParser) -> None:
+    """The long-recording memory measurement's options, and the output's: ``--long-minutes``, ``--skip-memory``, ``--json``.
+
+    ``--memory-child`` (hidden) marks the child process that measures the memory.
+    """
+    parser.add_argument("--long-minutes", type=float, default=60.0, help="length of the memory test recording")
+    parser.add_argument("--skip-memory", action="store_true", help="skip the long-file memory measurement")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)

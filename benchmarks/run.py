@@ -43,7 +43,7 @@ import numpy  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from benchmarks.common import add_network_option, cpu_model, registered_network, timed  # noqa: E402
+from benchmarks.common import add_memory_options, add_network_option, cpu_model, registered_network, timed  # noqa: E402
 from bob.learn.pytorch.pipeline import EmbeddingPipeline  # noqa: E402
 from bob.learn.pytorch.preprocessor.audio import EmbeddingExtractor  # noqa: E402
 from bob.learn.pytorch.runtimes import RUNTIMES  # noqa: E402
@@ -270,10 +270,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8, help="utterances per measurement and per batch")
     parser.add_argument("--baseline-count", type=int, default=2, help="utterances the slow baseline embeds per round")
     parser.add_argument("--durations", type=float, nargs="+", default=[3.0, 10.0, 60.0])
-    parser.add_argument("--long-minutes", type=float, default=60.0, help="length of the memory test recording")
-    parser.add_argument("--skip-memory", action="store_true", help="skip the long-file memory measurement")
-    parser.add_argument("--json", help="also write the results to this JSON file")
-    parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    add_memory_options(parser)
     return parser.parse_args(argv)
 
 

@@ -32,7 +32,7 @@ if str(REPO) not in sys.path:
 import numpy  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.common import add_network_option, cpu_model  # noqa: E402
+from benchmarks.common import add_memory_options, add_network_option, cpu_model  # noqa: E402
 from benchmarks.run import fresh_audio, model_file, peak_rss_mb  # noqa: E402
 from bob.learn.pytorch.preprocessor.audio import EmbeddingExtractor  # noqa: E402
 from bob.learn.pytorch.runtimes import RUNTIMES  # noqa: E402
@@ -115,10 +115,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--step", type=float, default=0.75, help="seconds between window starts")
     parser.add_argument("--minutes", type=float, default=1.0, help="length of the speed test recording")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best of each is kept")
-    parser.add_argument("--long-minutes", type=float, default=60.0, help="length of the memory test recording")
-    parser.add_argument("--skip-memory", action="store_true", help="skip the long-file memory measurement")
-    parser.add_argument("--json", help="also write the results to this JSON file")
-    parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    add_memory_options(parser)
     return parser.parse_args(argv)
 
 
