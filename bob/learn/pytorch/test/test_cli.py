@@ -376,10 +376,14 @@ def test_chunked_csv_rows_match_extract_embeddings(tmp_path, drn_file, drn_extra
     expected = drn_extractor.extract_embeddings(drn_extractor.network, specs, 100, batch_size=3)
     with open(output, newline="") as handle:
         rows = list(csv.reader(handle))
-    assert rows[0][:3] == ["name", "chunk", "e0"] and len(rows[0]) == 130
+    assert rows[0][:5] == ["name", "chunk", "start", "end", "e0"] and len(rows[0]) == 132
     assert [row[:2] for row in rows[1:]] == [["flite_rms_u3", str(i)] for i in range(len(expected))]
     assert len(expected) == 4  # 347 frames: three chunks of 100 and the 47-frame rest (> min_length=30, >= 37)
-    numpy.testing.assert_allclose(numpy.array([row[2:] for row in rows[1:]], float), expected, atol=1e-5, rtol=0)
+    # a chunk of frames [a, b) covers the samples from frame a's start (10 ms hops) to frame b - 1's 25 ms window's end
+    rate, samples = read_wav(SPEECH / "flite_rms_u3.wav")
+    ends = [1.015, 2.015, 3.015, min(3.485, len(samples) / rate)]
+    assert [row[2:4] for row in rows[1:]] == [[f"{i:.6f}", f"{end:.6f}"] for i, end in enumerate(ends)]
+    numpy.testing.assert_allclose(numpy.array([row[4:] for row in rows[1:]], float), expected, atol=1e-5, rtol=0)
 
 
 def test_npy_output_is_one_record_array_with_resnet(tmp_path, rn_file, rn_extractor):
