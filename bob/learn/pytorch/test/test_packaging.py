@@ -119,7 +119,7 @@ SMOKE_TEST = textwrap.dedent(
             spec = find_spec(module)
             assert spec is not None and prefix in Path(spec.origin).resolve().parents, (group, entry.value)
     assert [e.name for e in entry_points(group="bob.cli") if e.value.startswith("bob.learn.pytorch")] == ["pytorch"]
-    assert sorted(e.name for e in ours if e.group == "bob.bio.pipeline") == ["dltresnet34-voxceleb", "resnet34-voxceleb"]
+    assert sorted(e.name for e in ours if e.group == "bob.bio.pipeline") == ["dltresnet34-voxceleb", "dltresnet34-voxceleb-vad", "resnet34-voxceleb"]
 
     speech = package / "data" / "speech"
     assert len(list(speech.glob("*.wav"))) == 17 and (speech / "speakers.csv").is_file()
